@@ -1,0 +1,1 @@
+"""Data, models, the training loop, checkpoints and metrics."""
