@@ -1,0 +1,57 @@
+"""Shared defaults for every experiment config.
+
+Each experiment file calls `get_base_config()` and changes what differs. Every key
+here can be overridden on the command line (`--config.optimizer.learning_rate=0.05`);
+the config is locked, so a misspelled key stops the run with an error naming it.
+"""
+
+import ml_collections
+
+SHARED_CIFAR10 = '../shared/data/cifar10-jpeg.tar.gz'
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """CIFAR-10 ResNet defaults of METHODS.md section 4 (accelerator schedule)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'resnet20'  # resnet{8,14,20,32,44,56,110}, vgg16, resnet18/50.
+  config.model.shortcut = 'A'  # CIFAR ResNets: 'A' zero-pad (He et al.), 'B' 1x1 conv.
+  config.model.widths = ''  # Per-conv widths: a JSON file or inline JSON; '' = default.
+  config.model.dtype = 'float32'  # Compute dtype; params stay float32.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'folder'  # 'folder' (dir or .tar[.gz]), 'tfds', 'digits'.
+  config.data.path = SHARED_CIFAR10  # For 'folder': ROOT/SPLIT/CLASS/*.jpg|png.
+  config.data.name = 'cifar10'  # For 'tfds': a tfds dataset name.
+  config.data.data_dir = ''  # For 'tfds': '' = tfds default.
+  config.data.manual_dir = ''  # For 'tfds': manually downloaded archives.
+  config.data.cache_dir = ''  # Decoded-array cache; '' = ~/.cache/cci_c2s2.
+  config.data.image_size = 32
+  config.data.train_split = 'train'
+  config.data.test_split = 'test'
+  config.data.crop_padding = 4  # Pad-and-random-crop; 0 disables.
+  config.data.flip = True  # Random horizontal flip.
+
+  config.batch_size = 128  # Global batch, split over all devices.
+  config.eval_batch_size = 500
+  config.num_epochs = 160.0
+  config.num_train_steps = -1  # > 0 overrides num_epochs.
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = True
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.schedule = 'step'  # 'step', 'cosine' or 'constant'.
+  config.optimizer.boundaries = (0.5, 0.75)  # 'step': fractions of training.
+  config.optimizer.decay_factor = 0.1  # 'step': lr multiplier at each boundary.
+  config.optimizer.warmup_epochs = 0.0  # Linear warm-up from 0.
+
+  config.log_every_steps = 50
+  config.eval_every_steps = 0  # 0: evaluate at the end only.
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.on_nonfinite = 'stop'  # 'stop' (error, last checkpoint kept) or 'skip'.
+  return config

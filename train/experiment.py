@@ -1,0 +1,140 @@
+"""Builds an experiment from its config: data, model, optimiser, state, steps.
+
+`run` is what `main.py` calls. Every check of the config happens here, before the
+first training step, and names the key at fault.
+"""
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from train import data, models, optim, steps, workdir as workdir_lib
+from train.models import stats
+from train.state import TrainState
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+WIDTHS_FILE = 'widths.json'
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything the loop needs, derived once from the config."""
+  config: ml_collections.ConfigDict
+  dataset: data.ImageDataset
+  model: Any
+  widths: dict[str, int]
+  mesh: jax.sharding.Mesh
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  steps_per_epoch: int
+  total_steps: int
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks values the lock on the config cannot; raises ValueError naming the key."""
+  choices = {
+      'data.source': (config.data.source, ('folder', 'tfds', 'digits')),
+      'model.dtype': (config.model.dtype, tuple(DTYPES)),
+      'on_nonfinite': (config.on_nonfinite, ('stop', 'skip')),
+      'optimizer.schedule': (config.optimizer.schedule, optim.SCHEDULES),
+  }
+  for key, (value, allowed) in choices.items():
+    if value not in allowed:
+      raise ValueError(f'config.{key}={value!r}; choose one of {allowed}.')
+  positive = ('batch_size', 'eval_batch_size', 'log_every_steps',
+              'checkpoint_every_steps', 'keep_checkpoints')
+  for key in positive:
+    if config[key] <= 0:
+      raise ValueError(f'config.{key} must be > 0, got {config[key]}.')
+  for key in ('batch_size', 'eval_batch_size'):
+    if config[key] % jax.device_count():
+      raise ValueError(
+          f'config.{key}={config[key]} must be divisible by the number of devices '
+          f'({jax.device_count()}).')
+
+
+def resolve_widths(config: ml_collections.ConfigDict, workdir: str,
+                   num_classes: int) -> dict[str, int]:
+  """Default widths, then a widths file saved in the workdir, then `model.widths`."""
+  widths = models.default_widths(config.model.name, num_classes,
+                                  shortcut=config.model.shortcut)
+  saved = os.path.join(workdir, WIDTHS_FILE)
+  if os.path.exists(saved):
+    widths.update(models.load_widths(saved))
+  widths.update(models.load_widths(config.model.widths))
+  return widths
+
+
+def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+  """Loads the data and builds the model, optimiser and sharding for `config`."""
+  validate(config)
+  dataset = data.load_dataset(config.data)
+  widths = resolve_widths(config, workdir, dataset.num_classes)
+  model = models.build_model(
+      config.model.name, dataset.num_classes, widths=widths,
+      dtype=DTYPES[config.model.dtype], shortcut=config.model.shortcut)
+  per_epoch = data.steps_per_epoch(len(dataset.train), config.batch_size)
+  total = optim.num_train_steps(config, per_epoch)
+  schedule = optim.make_schedule(config.optimizer, total, per_epoch)
+  return Experiment(
+      config=config, dataset=dataset, model=model, widths=widths,
+      mesh=steps.make_mesh(), schedule=schedule,
+      tx=optim.make_optimizer(config.optimizer, schedule),
+      steps_per_epoch=per_epoch, total_steps=total)
+
+
+def init_state(exp: Experiment) -> TrainState:
+  """Initial state from `config.seed`, replicated over the mesh."""
+  shape = (1, *exp.dataset.image_shape)
+
+  def init():
+    variables = exp.model.init(jax.random.key(exp.config.seed),
+                               jnp.zeros(shape, exp.model.dtype), train=False)
+    return TrainState.create(variables, exp.tx)
+
+  return jax.jit(init, out_shardings=steps.replicated(exp.mesh))()
+
+
+def evaluate(exp: Experiment, state: TrainState, eval_step) -> dict[str, float]:
+  """Top-1 and mean loss over the whole test split (padded last batch masked)."""
+  totals = None
+  for batch in data.eval_batches(
+      exp.dataset.test, batch_size=exp.config.eval_batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count()):
+    out = eval_step(state, steps.to_global(batch, exp.mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  return {'top1': float(totals['correct'] / totals['count']),
+          'loss': float(totals['loss_sum'] / totals['count'])}
+
+
+def model_size(exp: Experiment) -> dict[str, int]:
+  """Parameters and MACs per example of this model and of its default-width twin."""
+  shape = (1, *exp.dataset.image_shape)
+  dense_model = models.build_model(
+      exp.config.model.name, exp.dataset.num_classes,
+      shortcut=exp.config.model.shortcut)
+  sizes = {}
+  for key, model in (('', exp.model), ('_dense', dense_model)):
+    variables = jax.eval_shape(
+        lambda m=model: m.init(jax.random.key(0), jnp.zeros(shape), train=False))
+    sizes['params' + key] = stats.count_params(variables['params'])
+    sizes['macs' + key] = stats.total_macs(stats.layer_stats(model, variables, shape))
+  return sizes
+
+
+def write_widths(exp: Experiment, workdir: str) -> None:
+  if jax.process_index() == 0:
+    models.save_widths(os.path.join(workdir, WIDTHS_FILE), exp.widths)
+
+
+def host_metrics(values: list[dict[str, jax.Array]]) -> dict[str, float]:
+  """Means over steps of device metrics, fetched in one transfer."""
+  stacked = jax.device_get(values)
+  return {k: float(np.mean([v[k] for v in stacked])) for k in stacked[0]}

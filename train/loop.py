@@ -1,0 +1,164 @@
+"""The training loop: steps, progress, metrics, checkpoints, resume and summary."""
+
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+
+from train import data, experiment, metrics, steps, workdir as workdir_lib
+from train.checkpoints import Checkpointer, abstract_like
+
+SUMMARY_FILE = 'summary.json'
+EVAL_FILE = 'eval.json'
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradient stopped being finite."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       overwrite: bool = False,
+                       stop_at_step: int | None = None) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Args:
+    config: the experiment config.
+    workdir: where checkpoints, metrics and `summary.json` go.
+    overwrite: start again in a workdir that holds another experiment.
+    stop_at_step: stop after this step without a final checkpoint, as an
+      interruption would (for tests).
+
+  Returns:
+    The summary (also written to `workdir/summary.json`), or {} if stopped early.
+  """
+  exp = experiment.build(config, workdir)
+  workdir_lib.prepare(workdir, config, overwrite)
+  experiment.write_widths(exp, workdir)
+  rep = steps.replicated(exp.mesh)
+  state = experiment.init_state(exp)
+  ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
+                      config.keep_checkpoints)
+  start, meta = ckpt.latest_step() or 0, {}
+  if start:
+    state, meta = ckpt.restore(start, abstract_like(state, rep))
+    logging.info('Resuming from step %d of %d.', start, exp.total_steps)
+  is_chief = jax.process_index() == 0
+  writer = metrics.MetricWriter(workdir, start) if is_chief else None
+  train_step = steps.make_train_step(exp.model, exp.tx, exp.schedule,
+                                     exp.dataset.mean, exp.dataset.std, exp.mesh)
+  eval_step = steps.make_eval_step(exp.model, exp.dataset.mean,
+                                   exp.dataset.std, exp.mesh)
+  batches = data.train_batches(
+      exp.dataset.train, batch_size=config.batch_size, seed=config.seed,
+      start_step=start, crop_padding=config.data.crop_padding,
+      flip=config.data.flip, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+  end = min(exp.total_steps, stop_at_step or exp.total_steps)
+  wall_start = time.time() - meta.get('wall_time_s', 0.0)
+  train_time, train_images = meta.get('train_time_s', 0.0), meta.get('train_images', 0)
+  pending, tick, tick_step = [], None, start
+  for step in range(start, end):
+    state, step_metrics = train_step(state, steps.to_global(next(batches), exp.mesh))
+    pending.append(step_metrics)
+    done = step + 1
+    if tick is None:  # The first step compiles: time from its end.
+      jax.block_until_ready(state)
+      tick, tick_step, pending = time.time(), done, []
+    boundary = [done % config.log_every_steps == 0,
+                done % config.checkpoint_every_steps == 0 or done == exp.total_steps,
+                config.eval_every_steps > 0 and done % config.eval_every_steps == 0]
+    if not any(boundary):
+      continue
+    if pending:
+      values = experiment.host_metrics(pending)
+      now = time.time()
+      train_time += now - tick
+      train_images += (done - tick_step) * config.batch_size
+      rate = (done - tick_step) * config.batch_size / max(now - tick, 1e-9)
+      tick, tick_step, pending = now, done, []
+      _check_finite(state, config, ckpt)
+      if writer:
+        writer.write(done, 'train', {**values, 'images_per_s': rate})
+      logging.info(metrics.progress_line(
+          done, exp.total_steps, values, rate,
+          (exp.total_steps - done) * config.batch_size / max(rate, 1e-9)))
+    if boundary[2] and done < exp.total_steps:
+      result = experiment.evaluate(exp, state, eval_step)
+      if writer:
+        writer.write(done, 'test', result)
+      logging.info('step %d: test top-1 %.4f loss %.4f', done, result['top1'],
+                   result['loss'])
+      tick = time.time()  # Evaluation time is not training time.
+    if boundary[1]:
+      _check_finite(state, config, ckpt)
+      ckpt.save(done, state, {'wall_time_s': time.time() - wall_start,
+                              'train_time_s': train_time,
+                              'train_images': train_images})
+  ckpt.wait()
+  if end < exp.total_steps:
+    ckpt.close()
+    return {}
+
+  result = experiment.evaluate(exp, state, eval_step)
+  summary = {
+      **result,
+      **experiment.model_size(exp),
+      'steps': exp.total_steps,
+      'nonfinite_steps_skipped': int(state.nonfinite_steps),
+      'wall_time_s': time.time() - wall_start,
+      'train_time_s': train_time,
+      'train_images_per_s': train_images / train_time if train_time else 0.0,
+      'model': config.model.name,
+      'devices': jax.device_count(),
+      'platform': jax.devices()[0].platform,
+  }
+  if writer:
+    writer.write(exp.total_steps, 'test', result)
+    writer.close()
+    workdir_lib.write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+  ckpt.close()
+  logging.info('Done: test top-1 %.4f, loss %.4f, %.0f s.', summary['top1'],
+               summary['loss'], summary['wall_time_s'])
+  return summary
+
+
+def _check_finite(state, config: ml_collections.ConfigDict, ckpt: Checkpointer) -> None:
+  """Stops the run at the first non-finite step unless `on_nonfinite == 'skip'`."""
+  bad = int(state.first_nonfinite_step)
+  if bad < 0:
+    return
+  if config.on_nonfinite == 'skip':
+    logging.warning('%d step(s) with non-finite loss or gradients were skipped '
+                    '(first at step %d).', int(state.nonfinite_steps), bad)
+    return
+  ckpt.wait()
+  raise NonFiniteError(
+      f'Non-finite loss or gradients at step {bad}; stopped. The last good '
+      f'checkpoint is step {ckpt.latest_step()} in {ckpt.directory} (intact). '
+      'Lower the learning rate, or set --config.on_nonfinite=skip to skip such '
+      'steps.')
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Evaluates the latest checkpoint of `workdir`; writes `eval.json`."""
+  exp = experiment.build(config, workdir)
+  ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
+                      config.keep_checkpoints, read_only=True)
+  step = ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {ckpt.directory} to evaluate.')
+  state = experiment.init_state(exp)
+  state, _ = ckpt.restore(step, abstract_like(state, steps.replicated(exp.mesh)))
+  eval_step = steps.make_eval_step(exp.model, exp.dataset.mean, exp.dataset.std,
+                                   exp.mesh)
+  result = {**experiment.evaluate(exp, state, eval_step), 'step': step}
+  if jax.process_index() == 0:
+    workdir_lib.write_json(os.path.join(workdir, EVAL_FILE), result)
+  ckpt.close()
+  logging.info('Checkpoint %d: test top-1 %.4f, loss %.4f.', step, result['top1'],
+               result['loss'])
+  return result

@@ -1,0 +1,51 @@
+"""Metrics as JSON lines and TensorBoard summaries, and a progress line."""
+
+import datetime
+import json
+import os
+from typing import Any, Mapping
+
+import tensorboardX
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+class MetricWriter:
+  """Appends `{"step": s, "split": ..., name: value}` lines and TensorBoard scalars."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    _truncate_after(self.path, resume_step)
+    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
+    record = {'step': step, 'split': split,
+              **{k: float(v) for k, v in values.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    for name, value in values.items():
+      self._tb.add_scalar(f'{split}/{name}', float(value), step)
+
+  def close(self) -> None:
+    self._tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Drops lines logged after `step` by a run that died before its next checkpoint."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip() and json.loads(l)['step'] <= step]
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(lines)
+  os.replace(tmp, path)
+
+
+def progress_line(step: int, total: int, values: Mapping[str, float],
+                  images_per_s: float, eta_s: float) -> str:
+  """'step 120/2000 (6%) loss 1.2340 acc 0.567 lr 0.1 | 312 img/s | ETA 0:05:12'."""
+  return (f'step {step}/{total} ({100 * step / total:.0f}%) '
+          f'loss {values["loss"]:.4f} acc {values["accuracy"]:.3f} '
+          f'lr {values["learning_rate"]:.4g} | {images_per_s:.0f} img/s | '
+          f'ETA {datetime.timedelta(seconds=round(eta_s))}')

@@ -1,0 +1,93 @@
+"""What a workdir holds besides checkpoints: its config, widths and result files."""
+
+import json
+import os
+import shutil
+from typing import Any, Mapping
+
+import ml_collections
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+# Keys that change how a run is watched, not what it computes; they may differ
+# between an interrupted run and its resumption.
+RUN_CONTROL_KEYS = frozenset({
+    'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+    'keep_checkpoints', 'eval_batch_size', 'data.cache_dir'})
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}; sequences become lists for comparison."""
+  flat = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, name + '.'))
+    else:
+      flat[name] = list(value) if isinstance(value, (tuple, list)) else value
+  return flat
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+  """Keys whose values differ, ignoring run-control keys."""
+  a, b = flatten(old), flatten(new)
+  return sorted(k for k in a.keys() | b.keys()
+                if k not in RUN_CONTROL_KEYS and a.get(k) != b.get(k))
+
+
+def prepare(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
+  """Creates `workdir` and records `config` in it.
+
+  A workdir that holds checkpoints of a different experiment is refused, unless
+  `overwrite`, which deletes that experiment's checkpoints and metrics first.
+
+  Raises:
+    ValueError: the workdir belongs to another experiment.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  has_checkpoints = os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR))
+  if os.path.exists(path) and has_checkpoints:
+    diff = config_differences(read_json(path), config.to_dict())
+    if diff and not overwrite:
+      raise ValueError(
+          f'Workdir {workdir} holds checkpoints of another experiment (config keys '
+          f'that differ: {", ".join(diff)}). Use another --workdir, or pass '
+          '--overwrite to delete them and start again.')
+    if diff:
+      shutil.rmtree(os.path.join(workdir, CHECKPOINT_DIR))
+      for name in ('metrics.jsonl', 'summary.json', 'eval.json'):
+        if os.path.exists(os.path.join(workdir, name)):
+          os.remove(os.path.join(workdir, name))
+  write_json(path, config.to_dict())
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (for `--mode=eval` without --config)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} not found: {workdir} is not a training workdir; pass --config.')
+  config = ml_collections.ConfigDict(read_json(path))
+  config.lock()
+  return config
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes atomically: a reader never sees half a file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=2, sort_keys=True, default=_to_builtin)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def _to_builtin(value: Any) -> Any:
+  if hasattr(value, 'tolist'):
+    return value.tolist()
+  raise TypeError(f'Cannot write {type(value).__name__} as JSON.')
