@@ -4,6 +4,7 @@ r"""Trains or evaluates one experiment.
   python main.py --config=configs/resnet20_cpu.py --workdir=runs/r20 \
       --config.num_epochs=2
   python main.py --workdir=/tmp/quickstart --mode=eval
+  python main.py --workdir=runs/cci --mode=efficiency --reference=runs/dense
 """
 
 import logging as std_logging
@@ -17,8 +18,14 @@ from train import loop, workdir as workdir_lib
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                          'train (resumes if the workdir has checkpoints) or eval.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'eval', 'efficiency'],
+    'train (resumes if the workdir has checkpoints), eval, or efficiency (the '
+    'accelerator-model table of the latest checkpoint).')
+_REFERENCE = flags.DEFINE_string(
+    'reference', '', 'efficiency: a dense workdir whose weights choose the '
+    'unstructured masks compared at the same density.')
+_PES = flags.DEFINE_integer('pes', 256, 'efficiency: processing elements modelled.')
 _OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'Delete checkpoints of another experiment in --workdir.')
 flags.mark_flag_as_required('workdir')
@@ -38,9 +45,12 @@ def main(argv: list[str]) -> None:
   logging.info('JAX %s, %d process(es), devices: %s', jax.__version__,
                jax.process_count(), jax.devices())
   config = _CONFIG.value
+  if _MODE.value != 'train':
+    config = config or workdir_lib.load_config(_WORKDIR.value)
   if _MODE.value == 'eval':
-    loop.evaluate_checkpoint(config or workdir_lib.load_config(_WORKDIR.value),
-                             _WORKDIR.value)
+    loop.evaluate_checkpoint(config, _WORKDIR.value)
+  elif _MODE.value == 'efficiency':
+    loop.efficiency(config, _WORKDIR.value, _REFERENCE.value, _PES.value)
   elif config is None:
     raise app.UsageError('--config is required to train.')
   else:

@@ -49,6 +49,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer.decay_factor = 0.1  # 'step': lr multiplier at each boundary.
   config.optimizer.warmup_epochs = 0.0  # Linear warm-up from 0.
 
+  config.init_from = ''  # A workdir whose latest params and batch stats start this run.
+
+  # CCI sparsity (METHODS.md 1); 'none' trains dense.
+  config.sparsity = ml_collections.ConfigDict()
+  config.sparsity.method = 'none'  # 'none', 'oneshot', 'gradual', 'dynamic'.
+  config.sparsity.group_size = 8  # g: consecutive input channels per group.
+  config.sparsity.keep = 2  # k: weights kept per group.
+  config.sparsity.granularity = 'tap'  # 'tap' or 'kernel' (whole kh x kw slices).
+  config.sparsity.include = ''  # Regex on kernel paths; '' = every divisible kernel.
+  config.sparsity.exclude = ''  # Regex on kernel paths kept dense.
+  config.sparsity.begin_fraction = 0.0  # Kept count starts falling from g here...
+  config.sparsity.end_fraction = 0.3  # ...and reaches k here (fractions of training).
+  config.sparsity.update_every = 100  # gradual: steps between mask updates.
+  config.sparsity.refinement = 2e-4  # dynamic: SR-STE weight on pruned weights.
+  config.sparsity.freeze_fraction = 0.1  # dynamic: last fraction with a fixed mask.
+
   config.log_every_steps = 50
   config.eval_every_steps = 0  # 0: evaluate at the end only.
   config.checkpoint_every_steps = 1000

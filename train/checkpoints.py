@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -56,6 +57,51 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def load_variables(workdir: str, like: Any) -> Any:
+  """Params and batch stats of the latest checkpoint in `workdir`, shaped as `like`.
+
+  Starts a run from another run's weights (`config.init_from`), e.g. CCI fine-tuning
+  from a dense model; the optimiser state is not taken.
+
+  Raises:
+    FileNotFoundError: no checkpoint in `workdir`.
+    ValueError: the checkpoint's variables differ from `like` (names the first path).
+  """
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'{workdir!r} has no checkpoints/ directory.')
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={'state': ocp.PyTreeCheckpointHandler(),
+                     'meta': ocp.JsonCheckpointHandler()})
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'{workdir!r}: no checkpoint in {directory}.')
+  saved = manager.item_metadata(step).state.tree
+  expected = {'params': like['params'], 'batch_stats': like.get('batch_stats', {})}
+  _check_same_tree(workdir, {k: saved[k] for k in expected}, expected)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          item=expected, partial_restore=True,
+          restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                    expected))))
+  manager.close()
+  return dict(restored.state)
+
+
+def _check_same_tree(workdir: str, saved: Any, expected: Any) -> None:
+  """Raises ValueError naming the first parameter whose name or shape differs."""
+  saved_paths = {jax.tree_util.keystr(p): tuple(l.shape) for p, l in
+                 jax.tree_util.tree_leaves_with_path(saved)}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
+    key = jax.tree_util.keystr(path)
+    if saved_paths.get(key) != tuple(leaf.shape):
+      raise ValueError(
+          f'{workdir!r}: {key} has shape {saved_paths.get(key)} in '
+          f'the checkpoint but {tuple(leaf.shape)} in this model (another model or '
+          'widths?).')
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:

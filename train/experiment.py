@@ -14,7 +14,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from train import data, models, optim, steps, workdir as workdir_lib
+import cci
+from train import checkpoints, data, methods, models, optim, steps
+from train import workdir as workdir_lib
 from train.models import stats
 from train.state import TrainState
 
@@ -31,7 +33,7 @@ class Experiment:
   widths: dict[str, int]
   mesh: jax.sharding.Mesh
   schedule: optax.Schedule
-  tx: optax.GradientTransformation
+  method: methods.Method
   steps_per_epoch: int
   total_steps: int
 
@@ -43,6 +45,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       'model.dtype': (config.model.dtype, tuple(DTYPES)),
       'on_nonfinite': (config.on_nonfinite, ('stop', 'skip')),
       'optimizer.schedule': (config.optimizer.schedule, optim.SCHEDULES),
+      'sparsity.method': (config.sparsity.method, ('none', *cci.METHODS)),
   }
   for key, (value, allowed) in choices.items():
     if value not in allowed:
@@ -82,23 +85,40 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   per_epoch = data.steps_per_epoch(len(dataset.train), config.batch_size)
   total = optim.num_train_steps(config, per_epoch)
   schedule = optim.make_schedule(config.optimizer, total, per_epoch)
+  params = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, *dataset.image_shape)), train=False))['params']
+  method = methods.build(config, optim.make_optimizer(config.optimizer, schedule),
+                         params, total)
   return Experiment(
       config=config, dataset=dataset, model=model, widths=widths,
-      mesh=steps.make_mesh(), schedule=schedule,
-      tx=optim.make_optimizer(config.optimizer, schedule),
+      mesh=steps.make_mesh(), schedule=schedule, method=method,
       steps_per_epoch=per_epoch, total_steps=total)
 
 
-def init_state(exp: Experiment) -> TrainState:
-  """Initial state from `config.seed`, replicated over the mesh."""
+def _init_variables(exp: Experiment, seed: int) -> Any:
   shape = (1, *exp.dataset.image_shape)
+  return exp.model.init(jax.random.key(seed), jnp.zeros(shape, exp.model.dtype),
+                        train=False)
 
-  def init():
-    variables = exp.model.init(jax.random.key(exp.config.seed),
-                               jnp.zeros(shape, exp.model.dtype), train=False)
-    return TrainState.create(variables, exp.tx)
 
-  return jax.jit(init, out_shardings=steps.replicated(exp.mesh))()
+def abstract_state(exp: Experiment) -> TrainState:
+  """Shapes and dtypes of the train state, without computing it."""
+  return jax.eval_shape(
+      lambda: TrainState.create(_init_variables(exp, 0), exp.method.tx))
+
+
+def init_state(exp: Experiment) -> TrainState:
+  """Initial state from `config.seed`, or from `config.init_from`; replicated."""
+  loaded = None
+  if exp.config.init_from:
+    like = jax.eval_shape(lambda: _init_variables(exp, 0))
+    loaded = checkpoints.load_variables(exp.config.init_from, like)
+
+  def init(loaded):
+    variables = loaded or _init_variables(exp, exp.config.seed)
+    return TrainState.create(variables, exp.method.tx)
+
+  return jax.jit(init, out_shardings=steps.replicated(exp.mesh))(loaded)
 
 
 def evaluate(exp: Experiment, state: TrainState, eval_step) -> dict[str, float]:

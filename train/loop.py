@@ -8,7 +8,8 @@ from absl import logging
 import jax
 import ml_collections
 
-from train import data, experiment, metrics, steps, workdir as workdir_lib
+from train import data, experiment, metrics, report, steps, workdir as workdir_lib
+from train import checkpoints
 from train.checkpoints import Checkpointer, abstract_like
 
 SUMMARY_FILE = 'summary.json'
@@ -37,19 +38,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   exp = experiment.build(config, workdir)
   workdir_lib.prepare(workdir, config, overwrite)
   experiment.write_widths(exp, workdir)
-  rep = steps.replicated(exp.mesh)
-  state = experiment.init_state(exp)
   ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
                       config.keep_checkpoints)
   start, meta = ckpt.latest_step() or 0, {}
   if start:
-    state, meta = ckpt.restore(start, abstract_like(state, rep))
+    state, meta = ckpt.restore(start, abstract_like(
+        experiment.abstract_state(exp), steps.replicated(exp.mesh)))
     logging.info('Resuming from step %d of %d.', start, exp.total_steps)
+  else:
+    state = experiment.init_state(exp)
   is_chief = jax.process_index() == 0
   writer = metrics.MetricWriter(workdir, start) if is_chief else None
-  train_step = steps.make_train_step(exp.model, exp.tx, exp.schedule,
+  train_step = steps.make_train_step(exp.model, exp.method, exp.schedule,
                                      exp.dataset.mean, exp.dataset.std, exp.mesh)
-  eval_step = steps.make_eval_step(exp.model, exp.dataset.mean,
+  eval_step = steps.make_eval_step(exp.model, exp.method, exp.dataset.mean,
                                    exp.dataset.std, exp.mesh)
   batches = data.train_batches(
       exp.dataset.train, batch_size=config.batch_size, seed=config.seed,
@@ -116,6 +118,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       'devices': jax.device_count(),
       'platform': jax.devices()[0].platform,
   }
+  if exp.method.sparsity is not None:
+    sparse, table = report.sparsity_report(exp, state)
+    summary.update(sparse, macs=sparse['macs_kept'])
+    if is_chief:
+      workdir_lib.write_json(os.path.join(workdir, report.LAYERS_FILE), table)
   if writer:
     writer.write(exp.total_steps, 'test', result)
     writer.close()
@@ -143,22 +150,45 @@ def _check_finite(state, config: ml_collections.ConfigDict, ckpt: Checkpointer) 
       'steps.')
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Evaluates the latest checkpoint of `workdir`; writes `eval.json`."""
+def restore_latest(config: ml_collections.ConfigDict,
+                   workdir: str) -> tuple[experiment.Experiment, Any, int]:
+  """The experiment of `config` and the latest state saved in `workdir`."""
   exp = experiment.build(config, workdir)
   ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
                       config.keep_checkpoints, read_only=True)
   step = ckpt.latest_step()
   if step is None:
-    raise FileNotFoundError(f'No checkpoint in {ckpt.directory} to evaluate.')
-  state = experiment.init_state(exp)
-  state, _ = ckpt.restore(step, abstract_like(state, steps.replicated(exp.mesh)))
-  eval_step = steps.make_eval_step(exp.model, exp.dataset.mean, exp.dataset.std,
-                                   exp.mesh)
+    raise FileNotFoundError(f'No checkpoint in {ckpt.directory}.')
+  state, _ = ckpt.restore(step, abstract_like(experiment.abstract_state(exp),
+                                              steps.replicated(exp.mesh)))
+  ckpt.close()
+  return exp, state, step
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Evaluates the latest checkpoint of `workdir`; writes `eval.json`."""
+  exp, state, step = restore_latest(config, workdir)
+  eval_step = steps.make_eval_step(exp.model, exp.method, exp.dataset.mean,
+                                   exp.dataset.std, exp.mesh)
   result = {**experiment.evaluate(exp, state, eval_step), 'step': step}
   if jax.process_index() == 0:
     workdir_lib.write_json(os.path.join(workdir, EVAL_FILE), result)
-  ckpt.close()
   logging.info('Checkpoint %d: test top-1 %.4f, loss %.4f.', step, result['top1'],
                result['loss'])
+  return result
+
+
+def efficiency(config: ml_collections.ConfigDict, workdir: str, reference: str,
+               pes: int) -> dict[str, Any]:
+  """The accelerator-model table of the latest checkpoint; writes `efficiency.json`."""
+  exp, state, step = restore_latest(config, workdir)
+  ref = None
+  if reference:
+    like = experiment.abstract_state(exp).variables
+    ref = checkpoints.load_variables(reference, like)['params']
+  result = {**report.efficiency_report(exp, state, ref, pes), 'step': step,
+            'unstructured_from': reference or workdir}
+  print(report.format_efficiency(result))
+  if jax.process_index() == 0:
+    workdir_lib.write_json(os.path.join(workdir, report.EFFICIENCY_FILE), result)
   return result

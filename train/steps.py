@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from train.methods import Method
 from train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -50,15 +51,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, mean: np.ndarray, std: np.ndarray,
+def make_train_step(model: nn.Module, method: Method, schedule: optax.Schedule,
+                    mean: np.ndarray, std: np.ndarray,
                     mesh: Mesh) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """Builds the jitted step: forward, backward, SGD update, non-finite guard."""
+  """Builds the jitted step: forward, backward, update, non-finite guard."""
+  tx = method.tx
 
   def loss_fn(params, state: TrainState, batch: Batch):
     images = normalize(batch['image'], mean, std, model.dtype)
+    forward = method.forward_params(params, state.opt_state)
     logits, updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, images,
+        {'params': forward, 'batch_stats': state.batch_stats}, images,
         train=True, mutable=['batch_stats'])
     loss = cross_entropy(logits, batch['label']).mean()
     return loss, (logits, updates['batch_stats'])
@@ -95,13 +98,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                  donate_argnums=0)
 
 
-def make_eval_step(model: nn.Module, mean: np.ndarray, std: np.ndarray,
-                   mesh: Mesh) -> Callable[[TrainState, Batch], Metrics]:
+def make_eval_step(model: nn.Module, method: Method, mean: np.ndarray,
+                   std: np.ndarray, mesh: Mesh) -> Callable[[TrainState, Batch], Metrics]:
   """Builds the jitted eval step; returns sums so padded batches count exactly."""
 
   def step(state: TrainState, batch: Batch) -> Metrics:
     images = normalize(batch['image'], mean, std, model.dtype)
-    logits = model.apply(state.variables, images, train=False)
+    params = method.forward_params(state.params, state.opt_state)
+    logits = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                         images, train=False)
     mask = batch['mask']
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
     return {

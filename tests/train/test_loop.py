@@ -41,7 +41,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
   config.optimizer.warmup_epochs = 0.0
   exp = experiment.build(config, str(tmp_path))
   state = experiment.init_state(exp)
-  step = steps.make_train_step(exp.model, exp.tx, exp.schedule, exp.dataset.mean,
+  step = steps.make_train_step(exp.model, exp.method, exp.schedule, exp.dataset.mean,
                                exp.dataset.std, exp.mesh)
   batch = next(data.train_batches(exp.dataset.train, batch_size=16, seed=0,
                                   start_step=0, crop_padding=0, flip=False))

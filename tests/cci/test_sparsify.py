@@ -1,0 +1,120 @@
+"""The optax wrapper: gradients, constraint after training, and the packed forward."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import cci
+from cci import efficiency
+
+PARAMS = {'conv': {'kernel': jax.random.normal(jax.random.key(0), (3, 3, 16, 4))},
+          'bias': jnp.ones(4)}
+
+
+def spec(method, **kw):
+  return cci.SparsitySpec(grouped=('conv/kernel',), method=method, group_size=8, keep=2,
+                          begin_step=0, end_step=kw.pop('end_step', 0), **kw)
+
+
+def loss(params):
+  return jnp.sum(3.0 * params['conv']['kernel']) + jnp.sum(params['bias'])
+
+
+@pytest.mark.parametrize('method, reaches_pruned', [('dynamic', True), ('oneshot', False),
+                                                     ('gradual', False)])
+def test_straight_through_gradient_reaches_pruned_weights_only_in_dynamic(
+    method, reaches_pruned):
+  s = spec(method, freeze_step=100)
+  tx = cci.sparsify(optax.sgd(0.1), s)
+  state = tx.init(PARAMS)
+  mask = np.asarray(cci.find_state(state).masks['conv']['kernel'])
+  assert mask.mean() == 0.25
+  grads = jax.grad(lambda p: loss(cci.forward_params(p, state, s)))(PARAMS)
+  pruned = np.asarray(grads['conv']['kernel'])[~mask]
+  assert np.all(pruned != 0) if reaches_pruned else np.all(pruned == 0)
+
+
+@pytest.mark.parametrize('method', ['oneshot', 'gradual', 'dynamic'])
+def test_training_ends_exactly_cci_sparse(method):
+  s = spec(method, end_step=10, update_every=2, freeze_step=15)
+  tx = cci.sparsify(optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.05, 0.9)), s)
+  target = jax.random.normal(jax.random.key(1), (3, 3, 16, 4))
+
+  @jax.jit
+  def step(params, opt_state):
+    grads = jax.grad(lambda p: jnp.sum(
+        (cci.forward_params(p, opt_state, s)['conv']['kernel'] - target) ** 2))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  params, opt_state = PARAMS, tx.init(PARAMS)
+  for _ in range(20):
+    params, opt_state = step(params, opt_state)
+  kernel = np.asarray(params['conv']['kernel'])
+  mask = np.asarray(cci.find_state(opt_state).masks['conv']['kernel'])
+  assert np.all(np.asarray(cci.kept_per_group(mask, 8)) == 2)
+  assert np.all(kernel[~mask] == 0)
+  assert np.all(np.asarray(cci.kept_per_group(kernel != 0, 8)) <= 2)
+  np.testing.assert_array_equal(cci.cci_mask(jnp.asarray(kernel), 8, 2), mask)
+  assert np.all(np.asarray(params['bias']) != 1.0)  # Ungrouped leaves still train.
+
+
+def test_dynamic_mask_follows_the_latent_weights_until_frozen():
+  s = spec('dynamic', end_step=0, freeze_step=3, refinement=0.0)
+  tx = cci.sparsify(optax.sgd(1.0), s)
+  opt_state = tx.init(PARAMS)
+  flip = -10 * PARAMS['conv']['kernel'] * ~cci.find_state(opt_state).masks['conv']['kernel']
+  grads = {'conv': {'kernel': flip}, 'bias': jnp.zeros(4)}
+  updates, new_state = tx.update(grads, opt_state, PARAMS)
+  params = optax.apply_updates(PARAMS, updates)
+  # Pruned latent weights grew tenfold and now win their groups.
+  assert not np.array_equal(cci.find_state(new_state).masks['conv']['kernel'],
+                            cci.find_state(opt_state).masks['conv']['kernel'])
+  np.testing.assert_array_equal(cci.find_state(new_state).masks['conv']['kernel'],
+                                cci.cci_mask(params['conv']['kernel'], 8, 2))
+
+
+class TinyNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(16, (3, 3), strides=(2, 2), padding='SAME', name='a')(x)
+    x = nn.relu(nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name='b')(x))
+    return nn.Dense(3, name='head')(x.mean((1, 2)))
+
+
+def test_packed_forward_equals_masked_dense_forward():
+  model = TinyNet()
+  x = jax.random.normal(jax.random.key(2), (2, 9, 9, 8))
+  variables = model.init(jax.random.key(3), x)
+  params = variables['params']
+  packed, masked = {}, jax.tree.map(lambda a: a, params)
+  for layer in ('a', 'b', 'head'):
+    kernel = params[layer]['kernel']
+    mask = cci.cci_mask(kernel, 8, 2)
+    packed[layer] = cci.pack(kernel, mask, 8)
+    masked[layer]['kernel'] = kernel * mask
+  expected = model.apply({'params': masked}, x)
+  got = cci.packed_apply(model, {'params': params}, packed, 8, 2, x)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_wave_cycles_hand_computed():
+  # 4 PEs; groups with 1, 3, 0, 2 | 2, 2 nonzeros: waves cost 3 and 2.
+  assert efficiency.wave_cycles(np.array([1, 3, 0, 2, 2, 2]), 4) == 5
+
+
+def test_accelerator_model_cci_is_fully_used_and_beats_unstructured():
+  kernel = np.asarray(jax.random.normal(jax.random.key(4), (3, 3, 64, 64)))
+  mask = np.asarray(cci.cci_mask(jnp.asarray(kernel), 8, 2))
+  cci_layer = efficiency.layer_efficiency('l', mask, 16, 8, True, 64)
+  loose = efficiency.unstructured_mask(kernel, 0.25)
+  assert loose.mean() == 0.25
+  unstructured = efficiency.layer_efficiency('l', loose, 16, 8, False, 64)
+  assert cci_layer.utilisation == 1.0
+  assert cci_layer.cycles * 4 == cci_layer.cycles_dense
+  assert unstructured.cycles > cci_layer.cycles
+  assert efficiency.storage_bits(cci_layer, 8, 'cci') == mask.sum() * (32 + 3)
