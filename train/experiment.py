@@ -1,6 +1,6 @@
 """Builds an experiment from its config: data, model, optimiser, state, steps.
 
-`run` is what `main.py` calls. Every check of the config happens here, before the
+`train.loop` calls `build` first: every check of the config happens here, before the
 first training step, and names the key at fault.
 """
 
@@ -16,7 +16,6 @@ import optax
 
 import cci
 from train import checkpoints, data, methods, models, optim, steps
-from train import workdir as workdir_lib
 from train.models import stats
 from train.state import TrainState
 

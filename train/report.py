@@ -1,10 +1,8 @@
 """Per-layer sparsity and efficiency reports of a trained state (summary, --mode=efficiency)."""
 
-import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import cci

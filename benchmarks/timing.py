@@ -1,0 +1,30 @@
+"""Side-by-side timing: candidates are interleaved so machine noise hits all alike."""
+
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+
+
+def interleaved(candidates: dict[str, Callable[[], Any]], repeats: int,
+                warmup: int = 2) -> dict[str, float]:
+  """Median seconds per call of each candidate, measured round-robin."""
+  for fn in candidates.values():
+    for _ in range(warmup):
+      jax.block_until_ready(fn())
+  times = {name: [] for name in candidates}
+  for _ in range(repeats):
+    for name, fn in candidates.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def machine() -> dict[str, Any]:
+  """What the figures were measured on."""
+  return {'platform': jax.devices()[0].platform, 'devices': jax.device_count(),
+          'device_kind': jax.devices()[0].device_kind, 'cpu': platform.processor() or
+          platform.machine(), 'jax': jax.__version__}
