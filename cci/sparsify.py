@@ -117,7 +117,8 @@ def _mask_changes(spec: SparsitySpec, step: jax.Array) -> jax.Array:
     return jnp.asarray(False)
   if spec.method == 'gradual':
     inside = (step >= spec.begin_step) & (step <= spec.end_step)
-    return inside & ((step - spec.begin_step) % spec.update_every == 0)
+    on_schedule = (step - spec.begin_step) % spec.update_every == 0
+    return inside & (on_schedule | (step == spec.end_step))  # The end reaches k.
   return step <= spec.freeze_step
 
 

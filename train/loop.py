@@ -100,6 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       ckpt.save(done, state, {'wall_time_s': time.time() - wall_start,
                               'train_time_s': train_time,
                               'train_images': train_images})
+  batches.close()
   ckpt.wait()
   if end < exp.total_steps:
     ckpt.close()

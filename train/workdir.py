@@ -7,6 +7,8 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from configs import base
+
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 # Keys that change how a run is watched, not what it computes; they may differ
@@ -68,7 +70,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(
         f'{path} not found: {workdir} is not a training workdir; pass --config.')
-  config = ml_collections.ConfigDict(read_json(path))
+  # Keys added to the project since the run started take their defaults.
+  config = base.get_base_config()
+  config.update(read_json(path))
   config.lock()
   return config
 
