@@ -46,7 +46,7 @@ def _groups(mask: np.ndarray, group_size: int) -> np.ndarray:
 
 
 def wave_cycles(group_counts: np.ndarray, pes: int) -> int:
-  """Cycles of one output position: waves of `pes` groups, each as slow as its max."""
+  """Cycles of a stream of groups: waves of `pes` groups, each as slow as its max."""
   pad = -len(group_counts) % pes
   waves = np.pad(group_counts, (0, pad)).reshape(-1, pes)
   return int(waves.max(1).sum())
@@ -56,14 +56,15 @@ def layer_efficiency(path: str, mask: np.ndarray, positions: int, group_size: in
                      grouped: bool, pes: int) -> LayerEfficiency:
   """MACs and accelerator cycles of one layer whose kept weights are `mask`."""
   mask = np.asarray(mask, bool)
-  counts = _groups(mask, group_size)
-  dense_counts = _groups(np.ones_like(mask), group_size)
+  # Every output position repeats the layer's dot products; waves run across them.
+  counts = np.tile(_groups(mask, group_size).astype(np.int8), positions)
+  dense_counts = np.tile(_groups(np.ones_like(mask), group_size).astype(np.int8), positions)
   return LayerEfficiency(
       path=path, grouped=grouped, kernel_shape=mask.shape, positions=positions,
       weights=mask.size, kept=int(mask.sum()),
       macs_dense=mask.size * positions, macs_kept=int(mask.sum()) * positions,
-      cycles_dense=wave_cycles(dense_counts, pes) * positions,
-      cycles=wave_cycles(counts, pes) * positions, pes=pes)
+      cycles_dense=wave_cycles(dense_counts, pes), cycles=wave_cycles(counts, pes),
+      pes=pes)
 
 
 def unstructured_mask(kernel: np.ndarray, density: float) -> np.ndarray:

@@ -2,9 +2,9 @@ r"""Quickstart for CCI: ResNet-8 on the embedded digits, 2 of 8 with the dynamic
 
   python main.py --config=configs/quickstart_cci.py --workdir=/tmp/quickstart_cci
 
-Expect: test top-1 0.997 at density 0.254 (3.5x projected accelerator speedup), 16 s in
-the training loop, on the 2-core x86 CPU of this project's machines, no accelerator
-(measured 2026-11-22 with the command above, while another training run shared the CPU). `:oneshot` and `:gradual` (appended to the config path)
+Expect: test top-1 0.997 at density 0.254 (3.6x projected accelerator speedup), 17 s of
+wall time for the whole command, on the 2-core x86 CPU of this project's machines, no
+accelerator (measured 2026-11-22 with the command above). `:oneshot` and `:gradual` (appended to the config path)
 fine-tune the finished quickstart run in /tmp/quickstart instead.
 """
 
