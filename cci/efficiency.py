@@ -77,12 +77,17 @@ def unstructured_mask(kernel: np.ndarray, density: float) -> np.ndarray:
   return mask.reshape(np.shape(kernel))
 
 
+def index_bits(layer: LayerEfficiency, group_size: int) -> int:
+  """CCI index bits of a layer: ceil(log2 g) per kept weight of a grouped kernel."""
+  return layer.kept * math.ceil(math.log2(group_size)) if layer.grouped else 0
+
+
 def storage_bits(layer: LayerEfficiency, group_size: int, fmt: str) -> int:
   """Bits to store a layer's kernel: 'dense', 'cci' (value + index) or 'csr'."""
   if fmt == 'dense' or (fmt == 'cci' and not layer.grouped):
     return layer.weights * VALUE_BITS
   if fmt == 'cci':
-    return layer.kept * (VALUE_BITS + math.ceil(math.log2(group_size)))
+    return layer.kept * VALUE_BITS + index_bits(layer, group_size)
   rows = layer.kernel_shape[-1]
   row_length = layer.weights // rows
   column_bits = max(1, math.ceil(math.log2(row_length)))

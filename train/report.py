@@ -13,7 +13,8 @@ LAYERS_FILE = 'layers.json'
 EFFICIENCY_FILE = 'efficiency.json'
 
 
-def kernel_masks(params: Any, opt_state: Any, spec: cci.SparsitySpec | None) -> dict[str, np.ndarray]:
+def kernel_masks(params: Any, opt_state: Any,
+                 spec: cci.SparsitySpec | None) -> dict[str, np.ndarray]:
   """Layer path -> kept-weight mask of its kernel: the CCI mask, else the nonzeros."""
   flat = {cci.masks.path_of(p): np.asarray(w) for p, w in
           jax.tree_util.tree_leaves_with_path(params)}
@@ -46,13 +47,11 @@ def sparsity_summary(rows: list[efficiency.LayerEfficiency], group_size: int) ->
       'path': r.path, 'grouped': r.grouped, 'kernel_shape': list(r.kernel_shape),
       'density': r.kept / r.weights, 'macs_dense': r.macs_dense, 'macs_kept': r.macs_kept,
       'value_bits': r.kept * efficiency.VALUE_BITS,
-      'index_bits': efficiency.storage_bits(r, group_size, 'cci') - r.kept * efficiency.VALUE_BITS
-      if r.grouped else 0,
+      'index_bits': efficiency.index_bits(r, group_size),
   } for r in rows]
   return {
       'density': total['density'],
       'macs_kept': total['macs_kept'],
-      'macs_dense_layers': total['macs_dense'],
       'value_bits': sum(t['value_bits'] for t in table),
       'index_bits': sum(t['index_bits'] for t in table),
       'projected_speedup': total['speedup'],
