@@ -144,7 +144,11 @@ def sparsify(tx: optax.GradientTransformation,
     updates, inner = tx.update(grads, state.inner, params)
     new_params = optax.apply_updates(params, updates)
     step = state.step + 1
-    fresh = compute_masks(new_params, spec, spec.keep_at(step))
+    # gradual never revives a pruned weight (Zhu & Gupta): rank only the kept ones,
+    # not momentum residue on pruned ones. dynamic lets any latent weight compete.
+    ranked = new_params if spec.method == 'dynamic' else jax.tree.map(
+        jnp.multiply, new_params, state.masks)
+    fresh = compute_masks(ranked, spec, spec.keep_at(step))
     change = _mask_changes(spec, step)
     masks = jax.tree.map(lambda f, m: jnp.where(change, f, m), fresh, state.masks)
     zero = _frozen(spec, step)

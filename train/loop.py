@@ -125,7 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if is_chief:
       workdir_lib.write_json(os.path.join(workdir, report.LAYERS_FILE), table)
   if writer:
-    writer.write(exp.total_steps, 'test', result)
+    if start < exp.total_steps:  # Rerunning a finished workdir logs nothing twice.
+      writer.write(exp.total_steps, 'test', result)
     writer.close()
     workdir_lib.write_json(os.path.join(workdir, SUMMARY_FILE), summary)
   ckpt.close()
@@ -183,10 +184,16 @@ def efficiency(config: ml_collections.ConfigDict, workdir: str, reference: str,
                pes: int) -> dict[str, Any]:
   """The accelerator-model table of the latest checkpoint; writes `efficiency.json`."""
   exp, state, step = restore_latest(config, workdir)
+  reference = reference or config.init_from
   ref = None
   if reference:
     like = experiment.abstract_state(exp).variables
     ref = checkpoints.load_variables(reference, like)['params']
+  elif exp.method.sparsity is not None:
+    raise ValueError(
+        f'{workdir} is CCI-sparse: its pruned weights are zero, so magnitude masks of '
+        'its own weights would just repeat the CCI mask. Pass --reference=WORKDIR of a '
+        'dense run (or of an unstructured-pruned run, whose nonzeros are then used).')
   result = {**report.efficiency_report(exp, state, ref, pes), 'step': step,
             'unstructured_from': reference or workdir}
   print(report.format_efficiency(result))

@@ -119,3 +119,20 @@ def test_accelerator_model_cci_is_fully_used_and_beats_unstructured():
   assert cci_layer.cycles * 4 == cci_layer.cycles_dense
   assert unstructured.cycles > cci_layer.cycles
   assert efficiency.storage_bits(cci_layer, 8, 'cci') == mask.sum() * (32 + 3)
+
+
+def test_gradual_never_revives_a_pruned_weight():
+  s = spec('gradual', end_step=4, update_every=1)
+  tx = cci.sparsify(optax.sgd(1.0), s)
+  params = {'conv': {'kernel': jnp.ones((1, 1, 8, 1)) * jnp.arange(1.0, 9.0)[:, None]},
+            'bias': jnp.ones(1)}
+  opt_state = tx.init(params)
+  # Updates that would make pruned (zeroed) weights large if they were ranked.
+  for _ in range(4):
+    kept_before = np.asarray(cci.find_state(opt_state).masks['conv']['kernel'])
+    push = {'conv': {'kernel': -100.0 * ~kept_before}, 'bias': jnp.zeros(1)}
+    updates, opt_state = tx.update(push, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    kept = np.asarray(cci.find_state(opt_state).masks['conv']['kernel'])
+    assert not np.any(kept & ~kept_before)
+  assert int(kept.sum()) == 2

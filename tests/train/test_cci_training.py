@@ -80,3 +80,16 @@ def test_init_from_a_missing_workdir_names_it(tmp_path):
   config = cci_config('oneshot', str(tmp_path / 'nowhere'))
   with pytest.raises(FileNotFoundError, match='nowhere'):
     loop.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_efficiency_mode_needs_a_dense_reference_for_a_cci_model(dense_workdir, tmp_path):
+  config = cci_config('dynamic', '')
+  loop.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match='--reference'):
+    loop.efficiency(config, str(tmp_path), '', pes=64)
+  result = loop.efficiency(config, str(tmp_path), dense_workdir, pes=64)
+  methods = result['methods']
+  assert methods['cci']['density'] == pytest.approx(methods['unstructured']['density'])
+  assert methods['cci']['speedup'] > methods['unstructured']['speedup'] > 0.99
+  assert methods['dense']['speedup'] == 1.0
+  assert json.load(open(tmp_path / 'efficiency.json'))['unstructured_from'] == dense_workdir
