@@ -30,6 +30,7 @@ class Experiment:
   dataset: data.ImageDataset
   model: Any
   widths: dict[str, int]
+  variables: Any  # Shapes and dtypes of the model's variables (no values).
   mesh: jax.sharding.Mesh
   schedule: optax.Schedule
   method: methods.Method
@@ -84,37 +85,38 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   per_epoch = data.steps_per_epoch(len(dataset.train), config.batch_size)
   total = optim.num_train_steps(config, per_epoch)
   schedule = optim.make_schedule(config.optimizer, total, per_epoch)
-  params = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, *dataset.image_shape)), train=False))['params']
+  variables = _abstract_variables(model, dataset.image_shape)
   method = methods.build(config, optim.make_optimizer(config.optimizer, schedule),
-                         params, total)
+                         variables['params'], total)
   return Experiment(
       config=config, dataset=dataset, model=model, widths=widths,
-      mesh=steps.make_mesh(), schedule=schedule, method=method,
+      variables=variables, mesh=steps.make_mesh(), schedule=schedule, method=method,
       steps_per_epoch=per_epoch, total_steps=total)
 
 
-def _init_variables(exp: Experiment, seed: int) -> Any:
-  shape = (1, *exp.dataset.image_shape)
-  return exp.model.init(jax.random.key(seed), jnp.zeros(shape, exp.model.dtype),
-                        train=False)
+def _init_variables(model: Any, image_shape: tuple[int, ...], seed: int) -> Any:
+  return model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), model.dtype),
+                    train=False)
+
+
+def _abstract_variables(model: Any, image_shape: tuple[int, ...]) -> Any:
+  return jax.eval_shape(lambda: _init_variables(model, image_shape, 0))
 
 
 def abstract_state(exp: Experiment) -> TrainState:
   """Shapes and dtypes of the train state, without computing it."""
-  return jax.eval_shape(
-      lambda: TrainState.create(_init_variables(exp, 0), exp.method.tx))
+  return jax.eval_shape(lambda v: TrainState.create(v, exp.method.tx), exp.variables)
 
 
 def init_state(exp: Experiment) -> TrainState:
   """Initial state from `config.seed`, or from `config.init_from`; replicated."""
   loaded = None
   if exp.config.init_from:
-    like = jax.eval_shape(lambda: _init_variables(exp, 0))
-    loaded = checkpoints.load_variables(exp.config.init_from, like)
+    loaded = checkpoints.load_variables(exp.config.init_from, exp.variables)
 
   def init(loaded):
-    variables = loaded or _init_variables(exp, exp.config.seed)
+    variables = loaded or _init_variables(exp.model, exp.dataset.image_shape,
+                                          exp.config.seed)
     return TrainState.create(variables, exp.method.tx)
 
   return jax.jit(init, out_shardings=steps.replicated(exp.mesh))(loaded)
@@ -140,9 +142,9 @@ def model_size(exp: Experiment) -> dict[str, int]:
       exp.config.model.name, exp.dataset.num_classes,
       shortcut=exp.config.model.shortcut)
   sizes = {}
-  for key, model in (('', exp.model), ('_dense', dense_model)):
-    variables = jax.eval_shape(
-        lambda m=model: m.init(jax.random.key(0), jnp.zeros(shape), train=False))
+  for key, model, variables in (
+      ('', exp.model, exp.variables),
+      ('_dense', dense_model, _abstract_variables(dense_model, exp.dataset.image_shape))):
     sizes['params' + key] = stats.count_params(variables['params'])
     sizes['macs' + key] = stats.total_macs(stats.layer_stats(model, variables, shape))
   return sizes

@@ -187,8 +187,7 @@ def efficiency(config: ml_collections.ConfigDict, workdir: str, reference: str,
   reference = reference or config.init_from
   ref = None
   if reference:
-    like = experiment.abstract_state(exp).variables
-    ref = checkpoints.load_variables(reference, like)['params']
+    ref = checkpoints.load_variables(reference, exp.variables)['params']
   elif exp.method.sparsity is not None:
     raise ValueError(
         f'{workdir} is CCI-sparse: its pruned weights are zero, so magnitude masks of '
