@@ -12,7 +12,8 @@ import os
 
 from absl import app, flags
 
-from benchmarks import packed_forward, timing, train_step
+from benchmarks import packed_forward, train_step
+from train import timing
 
 _SMOKE = flags.DEFINE_bool('smoke', False, 'Tiny sizes, for tests.')
 _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'latest.json'),

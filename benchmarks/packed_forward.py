@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import cci
-from benchmarks import timing
+from train import timing
 from train import models
 
 

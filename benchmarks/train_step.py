@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import timing
+from train import timing
 from configs import base
 from train import methods, models, optim, steps
 from train.state import TrainState

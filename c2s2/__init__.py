@@ -1,4 +1,44 @@
-"""C2S2 (cost-aware channel sparse selection): pruning layers and channel surgery.
+"""C2S2 (cost-aware channel sparse selection): pruning layers, selection and surgery.
 
-Implemented in the C2S2 issue; see ../shared/METHODS.md section 2.
+See ../shared/METHODS.md section 2 and the README's C2S2 section. Pure functions and a
+small Flax module; the progressive driver lives in `train.c2s2_driver`.
 """
+
+from c2s2.graph import ChannelGraph, ChannelGroup, Coupling, trace_channel_graph
+from c2s2.layer import MODES, PruningLayer, prune_channels, pruning_layers
+from c2s2.selection import (
+                            ON_OVER_BUDGET,
+                            binarize,
+                            cost_weights,
+                            decide,
+                            proximal_sgd_step,
+                            restore,
+                            restore_order,
+                            soft_threshold,
+                            within_budget,
+)
+from c2s2.surgery import fold_scale, plan, slice_params_like, slice_variables
+
+__all__ = [
+                            'MODES',
+                            'ON_OVER_BUDGET',
+                            'ChannelGraph',
+                            'ChannelGroup',
+                            'Coupling',
+                            'PruningLayer',
+                            'binarize',
+                            'cost_weights',
+                            'decide',
+                            'fold_scale',
+                            'plan',
+                            'proximal_sgd_step',
+                            'prune_channels',
+                            'pruning_layers',
+                            'restore',
+                            'restore_order',
+                            'slice_params_like',
+                            'slice_variables',
+                            'soft_threshold',
+                            'trace_channel_graph',
+                            'within_budget',
+]

@@ -65,6 +65,30 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.sparsity.refinement = 2e-4  # dynamic: SR-STE weight on pruned weights.
   config.sparsity.freeze_fraction = 0.1  # dynamic: last fraction with a fixed mask.
 
+  # Channel pruning (METHODS.md 2): 'c2s2' selects channels progressively from the
+  # dense model in config.init_from, removes them, then trains the compact model with
+  # num_epochs / optimizer above (the final fine-tune).
+  config.channel_pruning = ml_collections.ConfigDict()
+  config.channel_pruning.method = 'none'  # 'none' or 'c2s2'.
+  config.channel_pruning.include = ''  # Regex on group names ('' = all prunable).
+  config.channel_pruning.exclude = ''  # Regex on group names left whole.
+  config.channel_pruning.prune_residual_stream = False  # Also prune joined streams.
+  config.channel_pruning.layers_per_step = 1  # Groups selected together.
+  config.channel_pruning.lambda_l1 = 0.03  # L1 strength on the pruning scales.
+  config.channel_pruning.cost_weighting = False  # lambda x MACs per channel / mean.
+  config.channel_pruning.held_out = 5000  # Training images carved out for the check.
+  config.channel_pruning.phase1_epochs = 1.0  # Real-valued selection per step.
+  config.channel_pruning.phase2_epochs = 0.5  # Binary fine-tune per step.
+  config.channel_pruning.scale_learning_rate = 0.1
+  config.channel_pruning.weight_learning_rate = 0.01
+  config.channel_pruning.train_weights_in_phase1 = True
+  config.channel_pruning.epsilon = 0.005  # Allowed held-out top-1 drop.
+  config.channel_pruning.max_retries = 3
+  config.channel_pruning.on_over_budget = 'restore'  # or 'halve_lambda'.
+  config.channel_pruning.min_channels = 2
+  config.channel_pruning.target_macs_ratio = 0.0  # Stop at this MACs ratio (0: never).
+  config.channel_pruning.latency_batch = 128  # Batch of the latency measurement.
+
   config.log_every_steps = 50
   config.eval_every_steps = 0  # 0: evaluate at the end only.
   config.checkpoint_every_steps = 1000

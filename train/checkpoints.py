@@ -7,6 +7,7 @@ run killed mid-write resumes from the last complete checkpoint.
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -51,12 +52,45 @@ class Checkpointer:
           f'(another model, widths or method?): {e}') from e
     return restored.state, dict(restored.meta)
 
+  def meta(self, step: int) -> dict[str, Any]:
+    """The JSON record saved with the checkpoint at `step` (arrays not read)."""
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored.meta)
+
   def wait(self) -> None:
     """Blocks until every pending save is complete on disk."""
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradient stopped being finite."""
+
+
+def check_finite(state: Any, on_nonfinite: str, ckpt: Checkpointer) -> None:
+  """Stops the run at the first non-finite step unless `on_nonfinite == 'skip'`.
+
+  `state` has the fields `first_nonfinite_step` and `nonfinite_steps`.
+
+  Raises:
+    NonFiniteError: naming the step and the last good checkpoint (left intact).
+  """
+  bad = int(state.first_nonfinite_step)
+  if bad < 0:
+    return
+  if on_nonfinite == 'skip':
+    logging.warning('%d step(s) with non-finite loss or gradients were skipped '
+                    '(first at step %d).', int(state.nonfinite_steps), bad)
+    return
+  ckpt.wait()
+  raise NonFiniteError(
+      f'Non-finite loss or gradients at step {bad}; stopped. The last good '
+      f'checkpoint is step {ckpt.latest_step()} in {ckpt.directory} (intact). '
+      'Lower the learning rate, or set --config.on_nonfinite=skip to skip such '
+      'steps.')
 
 
 def load_variables(workdir: str, like: Any) -> Any:

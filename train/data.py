@@ -95,6 +95,28 @@ class TfdsSource:
     return np.stack(images), np.array([ex['label'] for ex in examples], np.int32)
 
 
+class Subset:
+  """The examples of another source at `indices` (e.g. a held-out part of a split)."""
+
+  def __init__(self, source: Source, indices: np.ndarray):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.source.get_batch(self.indices[np.asarray(indices)])
+
+
+def split_off(source: Source, count: int, seed: int) -> tuple[Subset, Subset]:
+  """(rest, held_out): `count` examples drawn by `seed`, and the others; both sorted."""
+  if not 0 < count < len(source):
+    raise ValueError(f'cannot hold out {count} of {len(source)} examples')
+  permutation = np.random.default_rng([seed, 7919]).permutation(len(source))
+  return Subset(source, np.sort(permutation[count:])), Subset(source, np.sort(permutation[:count]))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ImageDataset:
   """Train and test splits, class names and per-channel pixel mean/std (0..255 units)."""

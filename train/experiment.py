@@ -46,6 +46,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       'on_nonfinite': (config.on_nonfinite, ('stop', 'skip')),
       'optimizer.schedule': (config.optimizer.schedule, optim.SCHEDULES),
       'sparsity.method': (config.sparsity.method, ('none', *cci.METHODS)),
+      'channel_pruning.method': (config.channel_pruning.method, ('none', 'c2s2')),
   }
   for key, (value, allowed) in choices.items():
     if value not in allowed:
@@ -122,13 +123,20 @@ def init_state(exp: Experiment) -> TrainState:
   return jax.jit(init, out_shardings=steps.replicated(exp.mesh))(loaded)
 
 
-def evaluate(exp: Experiment, state: TrainState, eval_step) -> dict[str, float]:
+def evaluate(exp: Experiment, state: Any, eval_step) -> dict[str, float]:
   """Top-1 and mean loss over the whole test split (padded last batch masked)."""
+  return evaluate_source(exp.dataset.test, exp.config.eval_batch_size, exp.mesh, state,
+                         eval_step)
+
+
+def evaluate_source(source: data.Source, batch_size: int, mesh: jax.sharding.Mesh,
+                    state: Any, eval_step) -> dict[str, float]:
+  """Top-1 and mean loss of `eval_step` over every example of `source`."""
   totals = None
   for batch in data.eval_batches(
-      exp.dataset.test, batch_size=exp.config.eval_batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count()):
-    out = eval_step(state, steps.to_global(batch, exp.mesh))
+      source, batch_size=batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count()):
+    out = eval_step(state, steps.to_global(batch, mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
   return {'top1': float(totals['correct'] / totals['count']),

@@ -4,20 +4,16 @@ import os
 import time
 from typing import Any
 
-from absl import logging
 import jax
 import ml_collections
+from absl import logging
 
-from train import data, experiment, metrics, report, steps, workdir as workdir_lib
-from train import checkpoints
-from train.checkpoints import Checkpointer, abstract_like
+from train import c2s2_driver, checkpoints, data, experiment, metrics, report, steps
+from train import workdir as workdir_lib
+from train.checkpoints import Checkpointer, abstract_like, check_finite
 
 SUMMARY_FILE = 'summary.json'
 EVAL_FILE = 'eval.json'
-
-
-class NonFiniteError(RuntimeError):
-  """The loss or gradient stopped being finite."""
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -37,6 +33,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   exp = experiment.build(config, workdir)
   workdir_lib.prepare(workdir, config, overwrite)
+  original = config
+  if config.channel_pruning.method == 'c2s2':
+    # Select and remove channels, then fine-tune the compact model.
+    config = c2s2_driver.select(config, workdir, stop_at_step)
+    if config is None:
+      return {}
+    exp = experiment.build(config, workdir)
   experiment.write_widths(exp, workdir)
   ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
                       config.keep_checkpoints)
@@ -82,7 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       train_images += (done - tick_step) * config.batch_size
       rate = (done - tick_step) * config.batch_size / max(now - tick, 1e-9)
       tick, tick_step, pending = now, done, []
-      _check_finite(state, config, ckpt)
+      check_finite(state, config.on_nonfinite, ckpt)
       if writer:
         writer.write(done, 'train', {**values, 'images_per_s': rate})
       logging.info(metrics.progress_line(
@@ -96,7 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    result['loss'])
       tick = time.time()  # Evaluation time is not training time.
     if boundary[1]:
-      _check_finite(state, config, ckpt)
+      check_finite(state, config.on_nonfinite, ckpt)
       ckpt.save(done, state, {'wall_time_s': time.time() - wall_start,
                               'train_time_s': train_time,
                               'train_images': train_images})
@@ -124,6 +127,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     summary.update(sparse, macs=sparse['macs_kept'])
     if is_chief:
       workdir_lib.write_json(os.path.join(workdir, report.LAYERS_FILE), table)
+  if config.channel_pruning.method != 'none':
+    summary.update(report.channel_report(exp, original, config.channel_pruning.latency_batch))
   if writer:
     if start < exp.total_steps:  # Rerunning a finished workdir logs nothing twice.
       writer.write(exp.total_steps, 'test', result)
@@ -133,23 +138,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   logging.info('Done: test top-1 %.4f, loss %.4f, %.0f s.', summary['top1'],
                summary['loss'], summary['wall_time_s'])
   return summary
-
-
-def _check_finite(state, config: ml_collections.ConfigDict, ckpt: Checkpointer) -> None:
-  """Stops the run at the first non-finite step unless `on_nonfinite == 'skip'`."""
-  bad = int(state.first_nonfinite_step)
-  if bad < 0:
-    return
-  if config.on_nonfinite == 'skip':
-    logging.warning('%d step(s) with non-finite loss or gradients were skipped '
-                    '(first at step %d).', int(state.nonfinite_steps), bad)
-    return
-  ckpt.wait()
-  raise NonFiniteError(
-      f'Non-finite loss or gradients at step {bad}; stopped. The last good '
-      f'checkpoint is step {ckpt.latest_step()} in {ckpt.directory} (intact). '
-      'Lower the learning rate, or set --config.on_nonfinite=skip to skip such '
-      'steps.')
 
 
 def restore_latest(config: ml_collections.ConfigDict,

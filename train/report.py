@@ -1,12 +1,15 @@
 """Per-layer sparsity and efficiency reports of a trained state (summary, --mode=efficiency)."""
 
+import functools
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 import cci
 from cci import efficiency
+from train import models, timing
 from train.models import stats
 
 LAYERS_FILE = 'layers.json'
@@ -126,3 +129,47 @@ def format_efficiency(result: dict[str, Any]) -> str:
                  f'{m["cycles"] / 1e3:>12.1f}{m["utilisation"]:>7.1%}{m["speedup"]:>9.2f}'
                  f'{m["storage_bits"] / 1e6:>16.3f}  {m["storage_format"]}')
   return '\n'.join(lines)
+
+
+def forward_latency(named_models: dict[str, Any], image_shape: tuple[int, ...],
+                    batch_size: int, repeats: int = 10) -> dict[str, float]:
+  """Median seconds of a jitted inference forward pass of each model, interleaved."""
+  calls = {}
+  for name, model in named_models.items():
+    x = jax.random.normal(jax.random.key(1), (batch_size, *image_shape), model.dtype)
+    variables = model.init(jax.random.key(0), x[:1], train=False)
+    forward = jax.jit(functools.partial(model.apply, train=False))
+    calls[name] = functools.partial(forward, variables, x)
+  return timing.interleaved(calls, repeats)
+
+
+def channel_report(exp: Any, original: ml_collections.ConfigDict,
+                   batch_size: int) -> dict[str, Any]:
+  """Kept channels per conv and latency of the compact model against the original.
+
+  Args:
+    exp: the compact model's experiment.
+    original: the config of the run before channel selection (its widths are the
+      original model's).
+    batch_size: batch of the latency measurement.
+  """
+  widths = models.default_widths(original.model.name, exp.dataset.num_classes,
+                                 original.model.shortcut)
+  widths.update(models.load_widths(original.model.widths))
+  original_model = models.build_model(
+      original.model.name, exp.dataset.num_classes, widths=widths, dtype=exp.model.dtype,
+      shortcut=original.model.shortcut)
+  seconds = forward_latency({'compact': exp.model, 'original': original_model},
+                            exp.dataset.image_shape, batch_size)
+  shape = (1, *exp.dataset.image_shape)
+  variables = jax.eval_shape(functools.partial(original_model.init, train=False),
+                             jax.random.key(0), jax.ShapeDtypeStruct(shape, exp.model.dtype))
+  return {
+      'params_original': stats.count_params(variables['params']),
+      'macs_original': stats.total_macs(stats.layer_stats(original_model, variables, shape)),
+      'channels': {k: {'kept': exp.widths[k], 'original': w} for k, w in widths.items()},
+      'latency_batch': batch_size,
+      'latency_ms_compact': 1e3 * seconds['compact'],
+      'latency_ms_original': 1e3 * seconds['original'],
+      'latency_speedup': seconds['original'] / seconds['compact'],
+  }

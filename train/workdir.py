@@ -11,6 +11,10 @@ from configs import base
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+SELECTION_DIR = 'selection'  # C2S2's progressive selection, before the final fine-tune.
+RUN_DIRS = (CHECKPOINT_DIR, SELECTION_DIR)
+RUN_FILES = ('metrics.jsonl', 'summary.json', 'eval.json', 'c2s2.jsonl', 'widths.json',
+             'layers.json', 'efficiency.json')
 # Keys that change how a run is watched, not what it computes; they may differ
 # between an interrupted run and its resumption.
 RUN_CONTROL_KEYS = frozenset({
@@ -48,7 +52,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) ->
   """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
-  has_checkpoints = os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR))
+  has_checkpoints = any(os.path.isdir(os.path.join(workdir, d)) for d in RUN_DIRS)
   if os.path.exists(path) and has_checkpoints:
     diff = config_differences(read_json(path), config.to_dict())
     if diff and not overwrite:
@@ -57,8 +61,9 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) ->
           f'that differ: {", ".join(diff)}). Use another --workdir, or pass '
           '--overwrite to delete them and start again.')
     if diff:
-      shutil.rmtree(os.path.join(workdir, CHECKPOINT_DIR))
-      for name in ('metrics.jsonl', 'summary.json', 'eval.json'):
+      for name in RUN_DIRS:
+        shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+      for name in RUN_FILES:
         if os.path.exists(os.path.join(workdir, name)):
           os.remove(os.path.join(workdir, name))
   write_json(path, config.to_dict())

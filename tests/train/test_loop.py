@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from train import data, experiment, loop, steps
+from train import checkpoints, data, experiment, loop, steps
 from train.checkpoints import Checkpointer, abstract_like
 
 
@@ -87,7 +87,7 @@ def test_summary_and_eval_mode(tmp_path):
 def test_non_finite_loss_stops_and_names_the_step(tmp_path):
   config = tiny_config()
   config.optimizer.learning_rate = 1e30
-  with pytest.raises(loop.NonFiniteError, match=r'at step \d+.*checkpoint'):
+  with pytest.raises(checkpoints.NonFiniteError, match=r'at step \d+.*checkpoint'):
     loop.train_and_evaluate(config, str(tmp_path / 'stop'))
   config.on_nonfinite = 'skip'
   summary = loop.train_and_evaluate(config, str(tmp_path / 'skip'))

@@ -1,0 +1,81 @@
+"""C2S2 channel selection as pure functions (METHODS.md 2.2).
+
+Phase 1 trains the real scales with the L1 proximal step, so unimportant channels reach
+exactly zero; `binarize` turns scales into the channel mask (at least `min_channels`
+kept); the cost check compares held-out metrics with the pre-trained reference and
+`decide` says what to do when the budget is exceeded.
+"""
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ON_OVER_BUDGET = ('restore', 'halve_lambda')
+
+
+def soft_threshold(x: jax.Array, threshold: float | jax.Array) -> jax.Array:
+  """The proximal operator of `threshold * |x|`: shrinks towards 0, exactly 0 inside."""
+  return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0.0)
+
+
+def proximal_sgd_step(scale: jax.Array, grad: jax.Array, learning_rate: float,
+                      strength: float) -> jax.Array:
+  """One proximal-gradient step on `task_loss + strength * sum |scale|`."""
+  return soft_threshold(scale - learning_rate * grad, learning_rate * strength)
+
+
+def cost_weights(macs_per_channel: Mapping[str, float]) -> dict[str, float]:
+  """Per-layer lambda multipliers proportional to MACs per channel, mean 1."""
+  mean = float(np.mean(list(macs_per_channel.values())))
+  return {name: float(macs) / mean for name, macs in macs_per_channel.items()}
+
+
+def binarize(scale: np.ndarray, importance: np.ndarray, min_channels: int) -> np.ndarray:
+  """Channel mask (bool) of a phase-1 scale: nonzero channels, at least `min_channels`.
+
+  If fewer than `min_channels` scales are nonzero, the most important zeroed channels
+  (largest accumulated phase-1 magnitude, ties to the lower index) are kept too.
+  """
+  mask = np.asarray(scale) != 0
+  missing = min(min_channels, mask.size) - int(mask.sum())
+  if missing > 0:
+    mask = restore(mask, importance, missing)
+  return mask
+
+
+def restore_order(mask: np.ndarray, importance: np.ndarray) -> np.ndarray:
+  """Pruned channel indices, most important first (ties to the lower index)."""
+  pruned = np.flatnonzero(~np.asarray(mask, bool))
+  order = np.argsort(-np.asarray(importance)[pruned], kind='stable')
+  return pruned[order]
+
+
+def restore(mask: np.ndarray, importance: np.ndarray, count: int) -> np.ndarray:
+  """`mask` with its `count` most important pruned channels kept again."""
+  mask = np.array(mask, bool)
+  mask[restore_order(mask, importance)[:count]] = True
+  return mask
+
+
+def within_budget(reference: Mapping[str, float], current: Mapping[str, float],
+                  epsilon: float) -> bool:
+  """Whether held-out top-1 dropped by at most `epsilon` from the reference."""
+  return reference['top1'] - current['top1'] <= epsilon + 1e-12
+
+
+def decide(within: bool, retry: int, max_retries: int, on_over_budget: str) -> str:
+  """The cost check's action: 'accept', 'restore', 'halve_lambda' or 'give_up'.
+
+  'restore' keeps half of the still-pruned channels again (most important first);
+  'halve_lambda' redoes phase 1 with half the strength; after `max_retries` retries the
+  layer keeps all its channels ('give_up').
+  """
+  if on_over_budget not in ON_OVER_BUDGET:
+    raise ValueError(f'on_over_budget={on_over_budget!r}; choose one of {ON_OVER_BUDGET}.')
+  if within:
+    return 'accept'
+  if retry >= max_retries:
+    return 'give_up'
+  return on_over_budget

@@ -1,0 +1,136 @@
+"""Channel surgery: physically remove pruned channels (METHODS.md 2.2 step 5).
+
+A channel graph (`c2s2.graph`) lists, for every channel group, each array axis coupled
+to its channels: producer kernels and biases, norm vectors and statistics, consumer
+kernels (with concatenation offsets and flatten periods). Surgery folds the pruning
+layer's kept `scale` into the sites (batch norm, or the conv where there is none), then
+slices every coupled axis of the variables and of any params-shaped tree (the optimiser
+state) by the same indices.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from c2s2.graph import ChannelGraph, ChannelGroup
+
+# (collection, key path) -> {axis: kept indices}
+Plan = dict[tuple[str, tuple[str, ...]], dict[int, np.ndarray]]
+
+
+def _leaf(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _replace(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict:
+  out = dict(tree)
+  out[path[0]] = value if len(path) == 1 else _replace(tree[path[0]], path[1:], value)
+  return out
+
+
+def fold_scale(params: Mapping[str, Any], group: ChannelGroup, scale: jax.Array) -> dict:
+  """`params` with the pruning layer of `group` folded into each of its sites.
+
+  A norm site gets `scale *= s` and `bias *= s`; a conv or dense site (no norm) gets
+  its kernel's output axis and bias multiplied.
+
+  Raises:
+    ValueError: a site without a scale or kernel to fold into (names it).
+  """
+  params = dict(params)
+  for site in group.sites:
+    path = tuple(site.split('/'))
+    layer = dict(_leaf(params, path))
+    if 'scale' in layer:
+      layer['scale'] = layer['scale'] * scale
+    elif 'kernel' in layer:
+      layer['kernel'] = layer['kernel'] * scale
+    else:
+      raise ValueError(f'Cannot fold the pruning layer of {group.name} into {site}: it '
+                       f'has neither a scale nor a kernel (params {sorted(layer)}).')
+    if 'bias' in layer:
+      layer['bias'] = layer['bias'] * scale
+    params = _replace(params, path, layer)
+  return params
+
+
+def plan(graph: ChannelGraph, masks: Mapping[str, np.ndarray], variables: Any) -> Plan:
+  """Kept indices of every array axis that loses channels.
+
+  Args:
+    graph: the model's channel graph.
+    masks: group name -> bool mask of its channels (True = kept).
+    variables: the model's variables (arrays or shape structs), for axis sizes.
+
+  Raises:
+    ValueError: a mask for an unknown or unprunable group, of the wrong size, or
+      keeping no channel.
+  """
+  removed: dict[tuple[str, tuple[str, ...], int], set[int]] = {}
+  for name, mask in masks.items():
+    group = graph.group(name)
+    mask = np.asarray(mask, bool)
+    if mask.shape != (group.size,):
+      raise ValueError(f'{name}: mask of shape {mask.shape} for {group.size} channels.')
+    if mask.all():
+      continue
+    if not group.prunable:
+      raise ValueError(f'{name} cannot lose channels: {group.reason}.')
+    if not mask.any():
+      raise ValueError(f'{name}: a mask keeping no channel would cut the network.')
+    pruned = np.flatnonzero(~mask)
+    for c in group.couplings:
+      size = _leaf(variables[c.collection], c.path).shape[c.axis]
+      removed.setdefault((c.collection, c.path, c.axis), set()).update(
+          c.indices(pruned, size).tolist())
+  result: Plan = {}
+  for (collection, path, axis), indices in removed.items():
+    size = _leaf(variables[collection], path).shape[axis]
+    kept = np.setdiff1d(np.arange(size), np.fromiter(indices, int, len(indices)))
+    result.setdefault((collection, path), {})[axis] = kept
+  return result
+
+
+def _take(x: Any, axes: Mapping[int, np.ndarray]) -> Any:
+  for axis, kept in axes.items():
+    x = jnp.take(x, jnp.asarray(kept), axis=axis)
+  return x
+
+
+def slice_variables(variables: Mapping[str, Any], removal: Plan) -> dict[str, Any]:
+  """The variables (collections of nested dicts) with every planned axis sliced."""
+  out = {k: v for k, v in variables.items()}
+  for (collection, path), axes in removal.items():
+    out[collection] = _replace(out[collection], path,
+                               _take(_leaf(out[collection], path), axes))
+  return out
+
+
+def _dict_keys(path: tuple[Any, ...]) -> tuple[str, ...]:
+  return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def slice_params_like(tree: Any, params: Any, removal: Plan) -> Any:
+  """Slices the params-shaped leaves of `tree` (an optimiser state) as the params.
+
+  A leaf is params-shaped if its dict-key path ends with a planned parameter's path
+  and it has that parameter's shape (e.g. a momentum trace); other leaves (counts,
+  scalars) are kept.
+  """
+  planned = {path: (axes, _leaf(params, path).shape)
+             for (collection, path), axes in removal.items() if collection == 'params'}
+
+  def visit(path, leaf):
+    keys = _dict_keys(path)
+    for start in range(len(keys)):
+      entry = planned.get(keys[start:])
+      if entry and tuple(jnp.shape(leaf)) == tuple(entry[1]):
+        return _take(leaf, entry[0])
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(visit, tree)

@@ -1,0 +1,18 @@
+r"""C2S2 on the dense ResNet-20 of configs/resnet20_cpu.py, shared CIFAR-10, 2 CPU cores.
+
+  python main.py --config=configs/resnet20_c2s2_cpu.py --workdir=runs/resnet20_c2s2
+
+Starts from runs/resnet20_cpu. Three layers per step (one stage at a time: 3 steps of
+1.5 epochs on 45,000 images), then a 2-epoch fine-tune of the compact model at lr 0.01.
+Expect: MEASURE
+"""
+
+from configs import c2s2_schedules, resnet20_cpu
+
+
+def get_config():
+  config = resnet20_cpu.get_config()
+  c2s2_schedules.apply(config, dense_workdir='runs/resnet20_cpu')
+  config.channel_pruning.layers_per_step = 3
+  config.channel_pruning.lambda_l1 = 0.02
+  return config

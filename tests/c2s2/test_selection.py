@@ -1,0 +1,86 @@
+"""C2S2 selection functions: proximal step, binarisation, restore order, decisions."""
+
+import hypothesis.extra.numpy as hnp
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from c2s2 import selection
+
+floats = st.floats(-10, 10, allow_nan=False, width=32)
+
+
+def test_soft_threshold_hand_computed():
+  x = jnp.array([-2.0, -0.5, 0.0, 0.3, 1.5])
+  np.testing.assert_allclose(selection.soft_threshold(x, 0.5), [-1.5, 0.0, 0.0, 0.0, 1.0])
+
+
+@given(hnp.arrays(np.float32, st.integers(1, 20), elements=floats),
+       st.floats(0, 5, allow_nan=False))
+def test_soft_threshold_is_the_l1_prox(x, t):
+  y = np.asarray(selection.soft_threshold(jnp.asarray(x), t))
+  assert np.all(np.abs(y) <= np.abs(x) + 1e-6)  # Shrinks.
+  assert np.all(y[np.abs(x) <= t] == 0)  # Exact zeros inside the threshold.
+  assert np.all(np.sign(y) * np.sign(x) >= 0)  # Never flips a sign.
+  np.testing.assert_allclose(np.abs(x) - np.abs(y), np.minimum(np.abs(x), t), atol=1e-5)
+
+
+def test_proximal_steps_drive_unused_channels_to_exact_zero():
+  scale = jnp.ones(4)
+  grad = jnp.array([0.0, 0.0, -2.0, -2.0])  # Channels 2, 3 matter to the loss.
+  for _ in range(60):
+    scale = selection.proximal_sgd_step(scale, grad, learning_rate=0.1, strength=0.5)
+  assert list(np.asarray(scale)[:2]) == [0.0, 0.0]
+  assert np.all(np.asarray(scale)[2:] > 1.0)
+
+
+def test_binarize_keeps_nonzero_and_min_channels():
+  scale = np.array([0.0, 0.2, 0.0, 0.0])
+  importance = np.array([5.0, 9.0, 7.0, 1.0])
+  np.testing.assert_array_equal(selection.binarize(scale, importance, 1),
+                                [False, True, False, False])
+  np.testing.assert_array_equal(selection.binarize(scale, importance, 3),
+                                [True, True, True, False])
+  np.testing.assert_array_equal(selection.binarize(np.zeros(2), np.zeros(2), 5), [True, True])
+
+
+@given(hnp.arrays(np.float32, st.integers(1, 30), elements=st.sampled_from([0.0, 0.5, -1.0])),
+       st.integers(1, 40))
+def test_binarize_never_keeps_fewer_than_min_channels(scale, min_channels):
+  importance = np.abs(scale) + np.arange(scale.size, dtype=np.float32)
+  mask = selection.binarize(scale, importance, min_channels)
+  assert mask.sum() >= min(min_channels, scale.size)
+  assert np.all(mask[scale != 0])
+
+
+def test_restore_order_by_importance_ties_to_lower_index():
+  mask = np.array([True, False, False, False, True])
+  importance = np.array([9.0, 1.0, 3.0, 3.0, 0.0])
+  np.testing.assert_array_equal(selection.restore_order(mask, importance), [2, 3, 1])
+  np.testing.assert_array_equal(selection.restore(mask, importance, 2),
+                                [True, False, True, True, True])
+
+
+def test_cost_weights_have_mean_one():
+  weights = selection.cost_weights({'a': 10, 'b': 30})
+  assert weights == {'a': 0.5, 'b': 1.5}
+
+
+@pytest.mark.parametrize('within,retry,policy,expected', [
+    (True, 0, 'restore', 'accept'), (False, 0, 'restore', 'restore'),
+    (False, 1, 'halve_lambda', 'halve_lambda'), (False, 3, 'restore', 'give_up'),
+])
+def test_decide(within, retry, policy, expected):
+  assert selection.decide(within, retry, 3, policy) == expected
+
+
+def test_decide_rejects_unknown_policy():
+  with pytest.raises(ValueError, match='on_over_budget'):
+    selection.decide(True, 0, 3, 'panic')
+
+
+def test_within_budget():
+  assert selection.within_budget({'top1': 0.9}, {'top1': 0.895}, 0.005)
+  assert not selection.within_budget({'top1': 0.9}, {'top1': 0.89}, 0.005)
