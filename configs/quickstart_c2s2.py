@@ -12,7 +12,6 @@ from configs import c2s2_schedules, quickstart
 def get_config():
   config = quickstart.get_config()
   c2s2_schedules.apply(config, dense_workdir='/tmp/quickstart')
-  config.channel_pruning.held_out = 300
   config.channel_pruning.lambda_l1 = 0.3
   config.channel_pruning.phase1_epochs = 2.0
   config.channel_pruning.phase2_epochs = 1.0

@@ -59,9 +59,7 @@ class SelectionState:
 class Setup:
   """What selection derives once from the config."""
   config: ml_collections.ConfigDict
-  dataset: data.ImageDataset
-  train_part: data.Source
-  held_out: data.Source
+  dataset: data.ImageDataset  # Its held_out split is the cost check's.
   mesh: jax.sharding.Mesh
   tx: optax.GradientTransformation  # The weights' optimiser during selection.
   steps_per_epoch: int
@@ -166,7 +164,7 @@ def validate(config: ml_collections.ConfigDict, train_size: int) -> None:
   if config.sparsity.method != 'none':
     raise ValueError('config.channel_pruning and config.sparsity cannot be combined.')
   selection.decide(True, 0, 0, cp.on_over_budget)  # Validates the choice.
-  for key in ('layers_per_step', 'min_channels', 'held_out'):
+  for key in ('layers_per_step', 'min_channels'):
     if cp[key] < 1:
       raise ValueError(f'config.channel_pruning.{key} must be >= 1, got {cp[key]}.')
   for key in ('phase1_epochs', 'phase2_epochs', 'scale_learning_rate', 'lambda_l1'):
@@ -174,10 +172,26 @@ def validate(config: ml_collections.ConfigDict, train_size: int) -> None:
       raise ValueError(f'config.channel_pruning.{key} must be > 0, got {cp[key]}.')
   if cp.max_retries < 0 or cp.epsilon < 0:
     raise ValueError('config.channel_pruning.max_retries and epsilon must be >= 0.')
-  if cp.held_out + config.batch_size > train_size:
-    raise ValueError(
-        f'config.channel_pruning.held_out={cp.held_out} leaves fewer than one batch of '
-        f'{config.batch_size} of the {train_size} training examples.')
+  if config.data.held_out <= 0:
+    raise ValueError('config.data.held_out must be > 0: the cost check evaluates those '
+                     'training images (METHODS.md 4: 5,000).')
+  if train_size < config.batch_size:
+    raise ValueError(f'config.data.held_out={config.data.held_out} leaves {train_size} '
+                     f'training examples, fewer than one batch of {config.batch_size}.')
+  _warn_if_reference_saw_held_out(config)
+
+
+def _warn_if_reference_saw_held_out(config: ml_collections.ConfigDict) -> None:
+  path = os.path.join(config.init_from, workdir_lib.CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  trained = workdir_lib.read_json(path).get('data', {}).get('held_out', 0)
+  if trained != config.data.held_out:
+    logging.warning(
+        'The pre-trained run %s used data.held_out=%s, this run %s: it trained on '
+        'images of the held-out split, so its reference cost is optimistic and the cost '
+        'check will restore more channels. Pre-train with the same data.held_out.',
+        config.init_from, trained, config.data.held_out)
 
 
 def make_setup(config: ml_collections.ConfigDict) -> Setup:
@@ -186,7 +200,6 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   experiment.validate(config)
   dataset = data.load_dataset(config.data)
   validate(config, len(dataset.train))
-  train_part, held_out = data.split_off(dataset.train, cp.held_out, config.seed)
   widths = models.default_widths(config.model.name, dataset.num_classes,
                                  config.model.shortcut)
   widths.update(models.load_widths(config.model.widths))
@@ -204,10 +217,10 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
       per_channel[n] = full - model_macs(config, dataset.num_classes, less,
                                          dataset.image_shape)
     weights = selection.cost_weights(per_channel)
-  per_epoch = data.steps_per_epoch(len(train_part), config.batch_size)
+  per_epoch = data.steps_per_epoch(len(dataset.train), config.batch_size)
   step = cp.layers_per_step
   return Setup(
-      config=config, dataset=dataset, train_part=train_part, held_out=held_out,
+      config=config, dataset=dataset,
       mesh=steps.make_mesh(),
       tx=optim.make_optimizer(config.optimizer,
                               optax.constant_schedule(cp.weight_learning_rate)),
@@ -403,7 +416,7 @@ class Driver:
 
   def _evaluate(self, model, graph, state, binary: bool) -> dict[str, float]:
     step = make_eval_step(self.setup, model, graph, binary)
-    return experiment.evaluate_source(self.setup.held_out, self.config.eval_batch_size,
+    return experiment.evaluate_source(self.setup.dataset.held_out, self.config.eval_batch_size,
                                       self.setup.mesh, state, step)
 
   # The schedule -------------------------------------------------------------------
@@ -479,7 +492,7 @@ class Driver:
     lambdas = {n: pos['lambdas'][n] for n in state.scales}
     step_fn = make_train_step(self.setup, model, graph, phase, lambdas)
     batches = data.train_batches(
-        self.setup.train_part, batch_size=self.config.batch_size, seed=self.config.seed,
+        self.setup.dataset.train, batch_size=self.config.batch_size, seed=self.config.seed,
         start_step=int(state.step), crop_padding=self.config.data.crop_padding,
         flip=self.config.data.flip, process_index=jax.process_index(),
         process_count=jax.process_count())

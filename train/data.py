@@ -109,11 +109,15 @@ class Subset:
     return self.source.get_batch(self.indices[np.asarray(indices)])
 
 
-def split_off(source: Source, count: int, seed: int) -> tuple[Subset, Subset]:
-  """(rest, held_out): `count` examples drawn by `seed`, and the others; both sorted."""
+HELD_OUT_SEED = 7919  # Fixed, so every run with the same data.held_out agrees.
+
+
+def split_off(source: Source, count: int) -> tuple[Subset, Subset]:
+  """(rest, held_out): `count` examples drawn by a fixed seed, and the others; sorted."""
   if not 0 < count < len(source):
-    raise ValueError(f'cannot hold out {count} of {len(source)} examples')
-  permutation = np.random.default_rng([seed, 7919]).permutation(len(source))
+    raise ValueError(f'data.held_out={count}: cannot hold out {count} of the '
+                     f'{len(source)} training examples')
+  permutation = np.random.default_rng(HELD_OUT_SEED).permutation(len(source))
   return Subset(source, np.sort(permutation[count:])), Subset(source, np.sort(permutation[:count]))
 
 
@@ -126,6 +130,7 @@ class ImageDataset:
   class_names: tuple[str, ...]
   mean: np.ndarray
   std: np.ndarray
+  held_out: Source | None = None  # Training images no run trains on (data.held_out).
 
   @property
   def num_classes(self) -> int:
@@ -146,7 +151,11 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> ImageDataset:
     )
   if data_config.image_size <= 0:
     raise ValueError(f'data.image_size must be positive, got {data_config.image_size}')
-  return loaders[data_config.source](data_config)
+  dataset = loaders[data_config.source](data_config)
+  if data_config.held_out:
+    rest, held_out = split_off(dataset.train, data_config.held_out)
+    dataset = dataclasses.replace(dataset, train=rest, held_out=held_out)
+  return dataset
 
 
 def _with_stats(

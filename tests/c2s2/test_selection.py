@@ -4,7 +4,7 @@ import hypothesis.extra.numpy as hnp
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from c2s2 import selection
@@ -17,6 +17,7 @@ def test_soft_threshold_hand_computed():
   np.testing.assert_allclose(selection.soft_threshold(x, 0.5), [-1.5, 0.0, 0.0, 0.0, 1.0])
 
 
+@settings(deadline=None, max_examples=50)
 @given(hnp.arrays(np.float32, st.integers(1, 20), elements=floats),
        st.floats(0, 5, allow_nan=False))
 def test_soft_threshold_is_the_l1_prox(x, t):
@@ -46,6 +47,7 @@ def test_binarize_keeps_nonzero_and_min_channels():
   np.testing.assert_array_equal(selection.binarize(np.zeros(2), np.zeros(2), 5), [True, True])
 
 
+@settings(deadline=None, max_examples=50)
 @given(hnp.arrays(np.float32, st.integers(1, 30), elements=st.sampled_from([0.0, 0.5, -1.0])),
        st.integers(1, 40))
 def test_binarize_never_keeps_fewer_than_min_channels(scale, min_channels):

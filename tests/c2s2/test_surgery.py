@@ -12,8 +12,9 @@ from train import models
 from train.c2s2_driver import widths_of
 
 
-def _setup(name, shortcut='A', size=16, seed=0):
-  model = models.build_model(name, 10, shortcut=shortcut)
+def _setup(name, shortcut='A', size=16, seed=0, width=None):
+  widths = width and {k: width for k in models.default_widths(name, 10, shortcut)}
+  model = models.build_model(name, 10, widths=widths, shortcut=shortcut)
   x = jax.random.normal(jax.random.key(seed), (2, size, size, 3))
   variables = model.init(jax.random.key(seed + 1), x, train=False)
   # Non-trivial running statistics, so folding and slicing them is exercised.
@@ -55,14 +56,14 @@ def _compact(name, shortcut, variables, graph, masks, scales):
   return models.build_model(name, 10, widths=widths, shortcut=shortcut), sliced
 
 
-@pytest.mark.parametrize('name,shortcut,size,streams', [
-    ('vgg16', 'A', 32, False),
-    ('resnet8', 'A', 16, False),
-    ('resnet8', 'B', 16, True),  # prune_residual_stream: joined groups too.
-    ('resnet50', 'A', 32, False),  # Bottleneck blocks.
+@pytest.mark.parametrize('name,shortcut,size,streams,width', [
+    ('vgg16', 'A', 32, False, 8),  # Slim: 8 channels per conv.
+    ('resnet8', 'A', 16, False, None),
+    ('resnet8', 'B', 16, True, None),  # prune_residual_stream: joined groups too.
+    ('resnet50', 'A', 32, False, 8),  # Bottleneck blocks.
 ])
-def test_masked_and_physically_pruned_models_agree(name, shortcut, size, streams):
-  model, variables, x, graph = _setup(name, shortcut, size)
+def test_masked_and_physically_pruned_models_agree(name, shortcut, size, streams, width):
+  model, variables, x, graph = _setup(name, shortcut, size, width=width)
   names = [g.name for g in graph.prunable() if streams or not g.joined]
   assert names
   if streams:

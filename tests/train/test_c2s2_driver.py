@@ -24,8 +24,7 @@ def c2s2_config(dense_workdir, **channel_pruning):
   config = tiny_config()
   c2s2_schedules.apply(config, dense_workdir)
   cp = config.channel_pruning
-  cp.held_out = 200
-  cp.phase1_epochs = 0.1  # 8 steps of 16 on the 1,237 other training digits.
+  cp.phase1_epochs = 0.1  # 7 steps of 16 on the 1,137 training digits left.
   cp.phase2_epochs = 0.05
   cp.lambda_l1 = 2.0
   cp.epsilon = 1.0
@@ -94,7 +93,6 @@ def test_halve_lambda_redoes_phase_one(dense_workdir, tmp_path):
 
 @pytest.mark.parametrize('key,value,message', [
     ('target_macs_ratio', 0.01, 'target_macs_ratio'),
-    ('held_out', 5000, 'held_out'),
     ('prune_residual_stream', True, 'prune_residual_stream'),
     ('include', 'nothing', 'include'),
 ])
@@ -103,6 +101,14 @@ def test_impossible_settings_fail_before_training(dense_workdir, tmp_path, key, 
   with pytest.raises(ValueError, match=message):
     loop.train_and_evaluate(c2s2_config(dense_workdir, **{key: value}), str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, 'selection'))
+
+
+@pytest.mark.parametrize('held_out,message', [(5000, 'cannot hold out'), (0, '> 0')])
+def test_held_out_split_must_exist(dense_workdir, tmp_path, held_out, message):
+  config = c2s2_config(dense_workdir)
+  config.data.held_out = held_out
+  with pytest.raises(ValueError, match=f'data.held_out.*{message}'):
+    loop.train_and_evaluate(config, str(tmp_path))
 
 
 def test_c2s2_needs_a_pretrained_model(tmp_path):
@@ -116,8 +122,8 @@ def test_selection_resumes_inside_a_phase_to_identical_results(dense_workdir, fi
                                                                tmp_path):
   straight, interrupted = finished[0], str(tmp_path / 'interrupted')
   config = c2s2_config(dense_workdir)
-  # Unit 1's phase 1 runs from step 12 to 20; the last checkpoint before 18 is at 16.
-  assert loop.train_and_evaluate(config, interrupted, stop_at_step=18) == {}
+  # Unit 1's phase 1 runs from step 11 to 18; the last checkpoint before 17 is at 16.
+  assert loop.train_and_evaluate(config, interrupted, stop_at_step=17) == {}
   summary = loop.train_and_evaluate(config, interrupted)
   assert decisions(interrupted) == decisions(straight)
   a = loop.restore_latest(workdir_lib.load_config(straight), straight)[1]

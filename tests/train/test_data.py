@@ -36,6 +36,7 @@ def _config(**overrides: object) -> ml_collections.ConfigDict:
     test_split='test',
     crop_padding=0,
     flip=False,
+    held_out=0,
   )
   return ml_collections.ConfigDict({**config, **overrides})
 
@@ -248,6 +249,21 @@ def test_unknown_source_names_config_key() -> None:
 
 
 # ----------------------------------------------------------------------------- digits and tfds
+
+
+def test_held_out_split_is_fixed_disjoint_and_never_in_train() -> None:
+  whole = data.load_dataset(_config(source='digits'))
+  first = data.load_dataset(_config(source='digits', held_out=300))
+  again = data.load_dataset(_config(source='digits', held_out=300))
+  assert (len(first.train), len(first.held_out)) == (1137, 300)
+  np.testing.assert_array_equal(first.held_out.indices, again.held_out.indices)
+  assert not set(first.held_out.indices) & set(first.train.indices)
+  images, labels = first.held_out.get_batch(np.arange(3))
+  expected = whole.train.get_batch(first.held_out.indices[:3])
+  np.testing.assert_array_equal(images, expected[0])
+  np.testing.assert_array_equal(labels, expected[1])
+  with pytest.raises(ValueError, match='data.held_out=2000'):
+    data.load_dataset(_config(source='digits', held_out=2000))
 
 
 @pytest.mark.parametrize('image_size', [8, 16])
