@@ -14,6 +14,7 @@ from c2s2.selection import (
                             proximal_sgd_step,
                             restore,
                             restore_order,
+    round_up,
                             soft_threshold,
                             within_budget,
 )
@@ -36,6 +37,7 @@ __all__ = [
                             'pruning_layers',
                             'restore',
                             'restore_order',
+    'round_up',
                             'slice_params_like',
                             'slice_variables',
                             'soft_threshold',

@@ -59,6 +59,16 @@ def restore(mask: np.ndarray, importance: np.ndarray, count: int) -> np.ndarray:
   return mask
 
 
+def round_up(mask: np.ndarray, importance: np.ndarray, multiple: int) -> np.ndarray:
+  """`mask` keeping a multiple of `multiple` channels (or all): the most important
+  pruned channels are kept again. Hardware runs some widths faster (e.g. multiples of
+  the vector width)."""
+  mask = np.asarray(mask, bool)
+  count = int(mask.sum())
+  target = min(-(-count // multiple) * multiple, mask.size)
+  return restore(mask, importance, target - count)
+
+
 def within_budget(reference: Mapping[str, float], current: Mapping[str, float],
                   epsilon: float) -> bool:
   """Whether held-out top-1 dropped by at most `epsilon` from the reference."""

@@ -89,6 +89,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.channel_pruning.max_retries = 3
   config.channel_pruning.on_over_budget = 'restore'  # or 'halve_lambda'.
   config.channel_pruning.min_channels = 2
+  config.channel_pruning.channel_multiple = 1  # Round kept channels up to a multiple.
   config.channel_pruning.target_macs_ratio = 0.0  # Stop at this MACs ratio (0: never).
   config.channel_pruning.latency_batch = 128  # Batch of the latency measurement.
 

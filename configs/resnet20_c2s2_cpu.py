@@ -20,4 +20,5 @@ def get_config():
   c2s2_schedules.apply(config, dense_workdir='runs/resnet20_cpu_heldout')
   config.channel_pruning.layers_per_step = 3
   config.channel_pruning.lambda_l1 = 0.02
+  config.channel_pruning.channel_multiple = 8  # XLA:CPU runs multiples of 8 faster.
   return config

@@ -164,7 +164,7 @@ def validate(config: ml_collections.ConfigDict, train_size: int) -> None:
   if config.sparsity.method != 'none':
     raise ValueError('config.channel_pruning and config.sparsity cannot be combined.')
   selection.decide(True, 0, 0, cp.on_over_budget)  # Validates the choice.
-  for key in ('layers_per_step', 'min_channels'):
+  for key in ('layers_per_step', 'min_channels', 'channel_multiple'):
     if cp[key] < 1:
       raise ValueError(f'config.channel_pruning.{key} must be >= 1, got {cp[key]}.')
   for key in ('phase1_epochs', 'phase2_epochs', 'scale_learning_rate', 'lambda_l1'):
@@ -473,8 +473,9 @@ class Driver:
   def _binarize(self, state):
     masks = {}
     for name, scale in state.scales.items():
-      masks[name] = selection.binarize(np.asarray(scale), np.asarray(state.importance[name]),
-                                       self.cp.min_channels)
+      importance = np.asarray(state.importance[name])
+      mask = selection.binarize(np.asarray(scale), importance, self.cp.min_channels)
+      masks[name] = selection.round_up(mask, importance, self.cp.channel_multiple)
     return self._set_masks(state, masks)
 
   def _set_masks(self, state, masks: dict[str, np.ndarray]):
@@ -537,8 +538,9 @@ class Driver:
     decisions = pos['decisions'] + [record]
     if action == 'restore':
       importance = jax.device_get(state.importance)
-      masks = {n: selection.restore(m, importance[n], -(-int((~m).sum()) // 2))
-               for n, m in masks.items()}
+      masks = {n: selection.round_up(
+          selection.restore(m, importance[n], -(-int((~m).sum()) // 2)), importance[n],
+          self.cp.channel_multiple) for n, m in masks.items()}
       state = self._set_masks(state, masks)
       pos = {**pos, 'phase_start': int(state.step), 'retry': pos['retry'] + 1,
              'decisions': decisions}

@@ -86,3 +86,21 @@ def test_decide_rejects_unknown_policy():
 def test_within_budget():
   assert selection.within_budget({'top1': 0.9}, {'top1': 0.895}, 0.005)
   assert not selection.within_budget({'top1': 0.9}, {'top1': 0.89}, 0.005)
+
+
+def test_round_up_keeps_a_multiple_of_channels_most_important_first():
+  mask = np.array([True, False, False, True, False, False])
+  importance = np.array([9.0, 1.0, 5.0, 8.0, 6.0, 0.0])
+  np.testing.assert_array_equal(selection.round_up(mask, importance, 4),
+                                [True, False, True, True, True, False])
+  assert selection.round_up(mask, importance, 8).all()  # Capped at the layer's size.
+  np.testing.assert_array_equal(selection.round_up(mask, importance, 1), mask)
+
+
+@settings(deadline=None, max_examples=50)
+@given(hnp.arrays(np.bool_, st.integers(1, 40)), st.integers(1, 16))
+def test_round_up_property(mask, multiple):
+  out = selection.round_up(mask, np.zeros(mask.size), multiple)
+  assert np.all(out[mask])
+  assert out.sum() % multiple == 0 or out.all()
+  assert out.sum() - mask.sum() < multiple
