@@ -5,8 +5,9 @@ r"""ResNet-50 on ImageNet (tfds imagenet2012) with C2S2 channel selection.
 
 Expect: not run here (accelerators). Starts from runs/r50_dense
 (configs/imagenet_resnet50_cci.py with --config.sparsity.method=none
---config.data.held_out=5000). Our decision for ImageNet's size: two bottleneck layers per step, phase 1 a quarter epoch and phase 2 an
-eighth (16 steps, 6 epochs of selection), then a 22.5-epoch fine-tune at lr 0.01.
+--config.data.held_out=5000). Our decision for ImageNet's size: two bottleneck
+layers per step, phase 1 a quarter epoch and phase 2 an eighth (16 steps, 6 epochs of
+selection), then a 22.5-epoch fine-tune at lr 0.01.
 """
 
 from configs import c2s2_schedules, imagenet_resnet50_cci

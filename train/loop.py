@@ -31,8 +31,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The summary (also written to `workdir/summary.json`), or {} if stopped early.
   """
-  exp = experiment.build(config, workdir)
+  exp = experiment.build(config, workdir)  # Every check before the workdir is touched.
   workdir_lib.prepare(workdir, config, overwrite)
+  if overwrite:  # The old run's widths.json is gone: rebuild without it.
+    exp = experiment.build(config, workdir)
   original = config
   if config.channel_pruning.method == 'c2s2':
     # Select and remove channels, then fine-tune the compact model.

@@ -223,6 +223,7 @@ def test_resnet20_projection_shortcut_streams_are_joined_groups():
   assert coupled(graph.group('stage3_block0/conv2'), 'params', 'head/kernel', 0)
 
 
+@pytest.mark.slow  # Per group, compiled once each; all groups at once run by default.
 @pytest.mark.parametrize('shortcut', ['A', 'B'])
 def test_resnet8_masking_equivalence_per_group(shortcut):
   model = models.build_model('resnet8', 10, shortcut=shortcut)
@@ -262,6 +263,7 @@ def test_resnet50_bottleneck_groups():
   assert len(graph.groups) == 1 + 16 * 2 + 4 + 1
 
 
+@pytest.mark.slow  # Bottleneck surgery equivalence runs by default in test_surgery.
 def test_resnet50_masking_equivalence_slim():
   widths = {key: 4 for key in models.default_widths('resnet50')}
   model = models.build_model('resnet50', 10, widths=widths)
