@@ -13,7 +13,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from train import loop, workdir as workdir_lib
+from train import distributed, loop, workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).', lock_config=True)
@@ -42,6 +42,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
+  distributed.maybe_initialize()  # Before any other JAX call.
   logging.info('JAX %s, %d process(es), devices: %s', jax.__version__,
                jax.process_count(), jax.devices())
   config = _CONFIG.value

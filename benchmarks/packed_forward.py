@@ -1,30 +1,36 @@
 """Inference latency of the packed CCI forward pass against the dense forward pass.
 
-  python -m benchmarks.packed_forward --model=resnet20
+  python -m benchmarks --only=packed_forward
 
 The packed pass gathers each kept weight's input from `(values, indices)`; the dense
 pass runs the masked kernels with XLA's convolution. Both are jitted, on the same
-random weights (2 of 8 masks), checked equal before timing.
+random weights (2 of 8 masks), checked equal before timing. Reported without a target.
 """
 
 from typing import Any
 
-from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import cci
-from train import timing
-from train import models
+from benchmarks import common
+from train import models, timing
+
+# model, batches, repeats: the packed pass takes ~3 s at batch 128 on 2 cores.
+FULL = ('resnet20', (1, 128), 5)
+SMOKE = ('resnet8', (2,), 2)
 
 
-def measure(model_name: str, batches: list[int], repeats: int,
-            image_size: int = 32) -> list[dict[str, Any]]:
+def measure(smoke: bool) -> list[common.Entry]:
+  """Packed against dense forward at each batch of the full or smoke sizes."""
+  return compare(*(SMOKE if smoke else FULL))
+
+
+def compare(model_name: str, batches: tuple[int, ...], repeats: int,
+            image_size: int = 32) -> list[common.Entry]:
   """Latency entries: dense and packed seconds per batch, ratio packed / dense."""
   model = models.build_model(model_name, 10)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)),
-                         train=False)
+  variables = common.init_variables(model, image_size)
   params = variables['params']
   decisions = cci.select_kernels(params, 8, 2)
   grouped = {d.path for d in decisions if d.grouped}
@@ -46,9 +52,9 @@ def measure(model_name: str, batches: list[int], repeats: int,
     np.testing.assert_allclose(packed_fn(x), dense_fn(x), rtol=1e-4, atol=1e-4)
     seconds = timing.interleaved({'dense': lambda: dense_fn(x),
                                   'packed': lambda: packed_fn(x)}, repeats)
-    entries.append({'name': f'packed_forward/{model_name}/b{batch}',
-                    'seconds': seconds['packed'], 'dense_seconds': seconds['dense'],
-                    'ratio': seconds['packed'] / seconds['dense'], 'target': None})
+    entries.append(common.entry(f'packed_forward/{model_name}/b{batch}',
+                                seconds['packed'], f'{model_name} dense (masked)',
+                                seconds['dense'], None))
   return entries
 
 
@@ -57,16 +63,3 @@ def _get(tree: Any, path: str) -> Any:
     tree = tree[key]
   return tree
 
-
-def main(argv):
-  del argv
-  for e in measure(flags.FLAGS.model, [int(b) for b in flags.FLAGS.batches], flags.FLAGS.repeats):
-    print(f'{e["name"]:<32} dense {e["dense_seconds"] * 1e3:8.2f} ms  packed '
-          f'{e["seconds"] * 1e3:8.2f} ms  packed/dense x{e["ratio"]:.2f}')
-
-
-if __name__ == '__main__':
-  flags.DEFINE_string('model', 'resnet20', 'Model name.')
-  flags.DEFINE_list('batches', ['1', '128'], 'Batch sizes.')
-  flags.DEFINE_integer('repeats', 10, 'Timed calls per variant.')
-  app.run(main)

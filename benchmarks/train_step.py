@@ -1,76 +1,79 @@
-"""Training-step time of dense against CCI (dynamic, and a fixed oneshot mask).
+"""Training-step time of dense against CCI and C2S2's pruning layers.
 
-  python -m benchmarks.train_step --model=resnet20 --batch=64
+  python -m benchmarks --only=train_step
 
-Prints each step time and its ratio to dense, measured interleaved in one run.
+Per model and batch, interleaved in one run: the dense step (train/steps.py), CCI
+`dynamic` (mask recomputed every step, straight-through) and a fixed CCI mask
+(`oneshot`), and C2S2's selection step (train/c2s2_driver.py) with a pruning layer on
+every prunable channel group at once, in real mode (phase 1: scales trained with the
+proximal L1 step) and binary mode (phase 2: fixed masks). Every variant uses the same
+optimiser; ratios are to dense. ResNet-50 runs at a reduced image size on CPU.
 """
 
-from typing import Any
+import types
+from typing import Any, Callable
 
-from absl import app, flags
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from train import timing
-from configs import base
-from train import methods, models, optim, steps
-from train.state import TrainState
+from benchmarks import common
+from train import c2s2_driver, optim, steps, timing
+
+VARIANTS = ('dense', 'cci_dynamic', 'cci_fixed_mask', 'c2s2_real', 'c2s2_binary')
+CCI_METHODS = {'dense': 'none', 'cci_dynamic': 'dynamic', 'cci_fixed_mask': 'oneshot'}
+C2S2_PHASES = {'c2s2_real': 'phase1', 'c2s2_binary': 'phase2'}
+TARGETS = {'cci_dynamic': 1.10, 'cci_fixed_mask': 1.05, 'c2s2_real': 1.05,
+           'c2s2_binary': 1.05}
+# (model, batch, image size, classes): 23 and 49 GFLOP per dense step, ~0.5-0.8 s and
+# ~1-1.6 s on 2 cores; compiling the five variants takes ~1 and ~2 minutes.
+FULL = (('resnet56', 32, 32, 10), ('resnet50', 8, 112, 1000))
+SMOKE = (('resnet8', 8, 32, 10),)
+REPEATS = {False: 7, True: 2}
 
 
-VARIANTS = {'dense': 'none', 'cci_dynamic': 'dynamic', 'cci_fixed_mask': 'oneshot'}
-TARGETS = {'cci_dynamic': 1.10, 'cci_fixed_mask': 1.05}
-
-
-def step_fns(model_name: str, batch_size: int, image_size: int = 32,
-             num_classes: int = 10) -> dict[str, Any]:
-  """One jitted train step and its state per variant, on one random batch."""
-  model = models.build_model(model_name, num_classes)
-  mesh = steps.make_mesh()
-  rng = np.random.default_rng(0)
-  batch = steps.to_global({
-      'image': rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8),
-      'label': rng.integers(0, num_classes, batch_size).astype(np.int32)}, mesh)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)),
-                         train=False)
+def c2s2_steps(model_name: str, batch_size: int, image_size: int,
+               num_classes: int) -> dict[str, Callable[[], jax.Array]]:
+  """C2S2's selection step per mode, with scales for every prunable channel group."""
+  b = common.bench(model_name, batch_size, image_size, num_classes)
+  cfg = common.config()
+  graph = c2s2_driver.trace_graph(b.model, (image_size, image_size, 3))
+  names = c2s2_driver.candidate_groups(graph, cfg.channel_pruning)
+  schedule = optim.make_schedule(cfg.optimizer, common.TOTAL_STEPS, 100)
+  lambdas = {n: cfg.channel_pruning.lambda_l1 for n in names}
+  setup = c2s2_driver.Setup(
+      config=cfg, dataset=types.SimpleNamespace(mean=common.MEAN, std=common.STD),
+      mesh=b.mesh, tx=optim.make_optimizer(cfg.optimizer, schedule), steps_per_epoch=1,
+      phase_steps={}, original_widths={}, units=[names], lambdas=lambdas)
   fns = {}
-  for name, method_name in VARIANTS.items():
-    config = base.get_base_config()
-    config.sparsity.method = method_name
-    schedule = optim.make_schedule(config.optimizer, 1000, 100)
-    method = methods.build(config, optim.make_optimizer(config.optimizer, schedule),
-                           variables['params'], total_steps=1000)
-    step = steps.make_train_step(model, method, schedule, np.float32(120),
-                                 np.float32(60), mesh)
-    own = jax.tree.map(jnp.copy, variables)  # The step donates its state.
-    holder = {'state': jax.device_put(TrainState.create(own, method.tx),
-                                      steps.replicated(mesh))}
-
-    def run(step=step, holder=holder):
-      holder['state'], metrics = step(holder['state'], batch)
-      return metrics['loss']
-
-    fns[name] = run
+  for name, phase in C2S2_PHASES.items():
+    step = c2s2_driver.make_train_step(setup, b.model, graph, phase, lambdas)
+    state = c2s2_driver.with_unit(
+        c2s2_driver.initial_state(common.fresh(b.variables), setup.tx), graph, names)
+    fns[name] = common.runner(step, jax.device_put(state, steps.replicated(b.mesh)),
+                              b.batch)
   return fns
 
 
-def measure(model_name: str, batch_size: int, repeats: int) -> list[dict[str, Any]]:
-  """Benchmark entries: seconds per step and the ratio to dense."""
-  seconds = timing.interleaved(step_fns(model_name, batch_size), repeats)
-  return [{'name': f'train_step/{model_name}/b{batch_size}/{name}',
-           'seconds': s, 'ratio': s / seconds['dense'], 'target': TARGETS.get(name)}
-          for name, s in seconds.items()]
+def step_fns(model_name: str, batch_size: int, image_size: int = 32,
+             num_classes: int = 10) -> dict[str, Callable[[], Any]]:
+  """One jitted train step per variant, each on its own state and the same batch."""
+  fns = {name: common.train_step(model_name, batch_size, image_size, method,
+                                 num_classes)
+         for name, method in CCI_METHODS.items()}
+  return {**fns, **c2s2_steps(model_name, batch_size, image_size, num_classes)}
 
 
-def main(argv):
-  del argv
-  for entry in measure(flags.FLAGS.model, flags.FLAGS.batch, flags.FLAGS.repeats):
-    print(f'{entry["name"]:<45} {entry["seconds"] * 1e3:8.1f} ms  '
-          f'x{entry["ratio"]:.3f}  target {entry["target"]}')
+def compare(model_name: str, batch_size: int, image_size: int, num_classes: int,
+            repeats: int) -> list[common.Entry]:
+  """Seconds per step of every variant and its ratio to dense."""
+  seconds = timing.interleaved(step_fns(model_name, batch_size, image_size, num_classes),
+                               repeats)
+  prefix = f'train_step/{model_name}{common.px(image_size)}/b{batch_size}'
+  return [common.entry(f'{prefix}/{name}', seconds[name], f'{prefix}/dense',
+                       seconds['dense'], TARGETS.get(name))
+          for name in VARIANTS]
 
 
-if __name__ == '__main__':
-  flags.DEFINE_string('model', 'resnet20', 'Model name.')
-  flags.DEFINE_integer('batch', 64, 'Global batch size.')
-  flags.DEFINE_integer('repeats', 10, 'Timed steps per variant.')
-  app.run(main)
+def measure(smoke: bool) -> list[common.Entry]:
+  """Entries of every model size (tiny ones with `smoke`)."""
+  return [e for size in (SMOKE if smoke else FULL)
+          for e in compare(*size, REPEATS[smoke])]

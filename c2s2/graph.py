@@ -202,7 +202,7 @@ def _keeps_zero(name: str, tag: Any) -> bool:
 def _inert(eqn: Any, tags: list[Any]) -> list[Any]:
   """Output tags of an op without activation operands: variable axes and scalars."""
   name, outs = eqn.primitive.name, eqn.outvars
-  if len(outs) != 1:
+  if len(outs) != 1 or not tags:  # No operands (iota, constants): no channel axis.
     return [None] * len(outs)
   if isinstance(tags[0], float) and name in ('convert_element_type', 'broadcast_in_dim'):
     return [tags[0]]

@@ -11,7 +11,10 @@ weight it must multiply. A wave of `P` groups lasts as long as its busiest PE.
 import dataclasses
 import math
 
+import jax.numpy as jnp
 import numpy as np
+
+from cci import masks
 
 VALUE_BITS = 32
 
@@ -69,12 +72,7 @@ def layer_efficiency(path: str, mask: np.ndarray, positions: int, group_size: in
 
 def unstructured_mask(kernel: np.ndarray, density: float) -> np.ndarray:
   """The layer's largest-magnitude weights at `density` (ties to the lower index)."""
-  flat = np.abs(np.asarray(kernel, np.float32)).reshape(-1)
-  keep = int(round(density * flat.size))
-  order = np.argsort(-flat, kind='stable')
-  mask = np.zeros(flat.size, bool)
-  mask[order[:keep]] = True
-  return mask.reshape(np.shape(kernel))
+  return np.asarray(masks.magnitude_mask(jnp.asarray(kernel), density))
 
 
 def index_bits(layer: LayerEfficiency, group_size: int) -> int:

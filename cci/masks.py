@@ -82,6 +82,19 @@ def cci_mask(kernel: jax.Array, group_size: int, keep: int | jax.Array,
   return group_rank(scores(kernel, granularity), group_size) < keep
 
 
+def magnitude_mask(kernel: jax.Array, density: float | jax.Array) -> jax.Array:
+  """Unstructured: the kernel's `round(density * size)` largest |w|, as bools.
+
+  The comparison pattern of METHODS.md section 3 (Zhu & Gupta): no grouping, any
+  weight may survive. Ties go to the lower flat index; `density` may be traced.
+  """
+  flat = jnp.abs(kernel.astype(jnp.float32)).reshape(-1)
+  keep = jnp.round(density * flat.size).astype(jnp.int32)
+  order = jnp.argsort(-flat, stable=True)
+  rank = jnp.zeros(flat.size, jnp.int32).at[order].set(jnp.arange(flat.size))
+  return (rank < keep).reshape(kernel.shape)
+
+
 def kept_per_group(mask: jax.Array, group_size: int) -> jax.Array:
   """Number of True entries in each group, shape (..., c_in // g, c_out)."""
   return jnp.sum(_grouped(mask, group_size), axis=-2)

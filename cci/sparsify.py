@@ -18,6 +18,10 @@ Methods (METHODS.md 1.2):
            recomputed every step; the gradient passes straight through to every
            latent weight, plus the SR-STE refinement `refinement * (1 - m) * w`;
            from `freeze_step` on the mask is fixed and pruned weights are zero.
+
+Patterns: `cci` (exactly k of every group of g) or `unstructured`, the baseline of
+METHODS.md section 3: each chosen kernel keeps its largest |w| at density k/g
+(falling along Zhu & Gupta's continuous cubic schedule for `gradual`), no grouping.
 """
 
 import dataclasses
@@ -28,9 +32,10 @@ import jax.numpy as jnp
 import optax
 
 from cci import masks as masks_lib
-from cci.schedules import kept_count
+from cci.schedules import cubic_density, kept_count
 
 METHODS = ('oneshot', 'gradual', 'dynamic')
+PATTERNS = ('cci', 'unstructured')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,7 @@ class SparsitySpec:
     update_every: steps between mask updates (gradual).
     refinement: SR-STE weight on pruned latent weights (dynamic).
     freeze_step: from this step on the mask is fixed (dynamic).
+    pattern: 'cci', or 'unstructured' (each kernel keeps density k/g by magnitude).
   """
   grouped: tuple[str, ...]
   method: str = 'dynamic'
@@ -59,10 +65,13 @@ class SparsitySpec:
   update_every: int = 1
   refinement: float = 2e-4
   freeze_step: int = 0
+  pattern: str = 'cci'
 
   def __post_init__(self):
     if self.method not in METHODS:
       raise ValueError(f'sparsity.method={self.method!r}; choose one of {METHODS}.')
+    if self.pattern not in PATTERNS:
+      raise ValueError(f'sparsity.pattern={self.pattern!r}; choose one of {PATTERNS}.')
     if self.granularity not in masks_lib.GRANULARITIES:
       raise ValueError(f'sparsity.granularity={self.granularity!r}; choose one of '
                        f'{masks_lib.GRANULARITIES}.')
@@ -77,6 +86,14 @@ class SparsitySpec:
     if self.method == 'oneshot':
       return jnp.asarray(self.keep, jnp.int32)
     return kept_count(step, self.group_size, self.keep, self.begin_step, self.end_step)
+
+  def density_at(self, step: jax.Array) -> jax.Array:
+    """Kept fraction of each unstructured kernel at `step` (continuous cubic)."""
+    final = self.keep / self.group_size
+    if self.method == 'oneshot':
+      return jnp.asarray(final, jnp.float32)
+    return cubic_density(jnp.asarray(step, jnp.float32), self.begin_step, self.end_step,
+                         final)
 
 
 class SparsityState(NamedTuple):
@@ -95,12 +112,17 @@ def _paths_tree(params: Any) -> Any:
       lambda kp, _: masks_lib.path_of(kp), params)
 
 
-def compute_masks(params: Any, spec: SparsitySpec, keep: jax.Array) -> Any:
-  """Masks of every grouped kernel of `params` keeping `keep` per group."""
+def compute_masks(params: Any, spec: SparsitySpec, step: jax.Array) -> Any:
+  """Masks of every grouped kernel of `params` at `step` of the kept-count schedule."""
   grouped = frozenset(spec.grouped)
+  if spec.pattern == 'unstructured':
+    density = spec.density_at(step)
+    mask_of = lambda w: masks_lib.magnitude_mask(w, density)
+  else:
+    keep = spec.keep_at(step)
+    mask_of = lambda w: masks_lib.cci_mask(w, spec.group_size, keep, spec.granularity)
   return jax.tree.map(
-      lambda path, w: (masks_lib.cci_mask(w, spec.group_size, keep, spec.granularity)
-                       if path in grouped else jnp.ones((), jnp.bool_)),
+      lambda path, w: mask_of(w) if path in grouped else jnp.ones((), jnp.bool_),
       _paths_tree(params), params)
 
 
@@ -128,7 +150,7 @@ def sparsify(tx: optax.GradientTransformation,
 
   def init(params):
     step = jnp.zeros((), jnp.int32)
-    masks = compute_masks(params, spec, spec.keep_at(step))
+    masks = compute_masks(params, spec, step)
     return SparsityState(tx.init(params), masks, step)
 
   def update(grads, state: SparsityState, params=None):
@@ -148,7 +170,7 @@ def sparsify(tx: optax.GradientTransformation,
     # not momentum residue on pruned ones. dynamic lets any latent weight compete.
     ranked = new_params if spec.method == 'dynamic' else jax.tree.map(
         jnp.multiply, new_params, state.masks)
-    fresh = compute_masks(ranked, spec, spec.keep_at(step))
+    fresh = compute_masks(ranked, spec, step)
     change = _mask_changes(spec, step)
     masks = jax.tree.map(lambda f, m: jnp.where(change, f, m), fresh, state.masks)
     zero = _frozen(spec, step)

@@ -20,6 +20,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.shortcut = 'A'  # CIFAR ResNets: 'A' zero-pad (He et al.), 'B' 1x1 conv.
   config.model.widths = ''  # Per-conv widths: a JSON file or inline JSON; '' = default.
   config.model.dtype = 'float32'  # Compute dtype; params stay float32.
+  # VGG's convs: 'auto' (patches + matmul where XLA:CPU's conv is pathological),
+  # 'xla' or 'patches'; all give the same numbers to float rounding.
+  config.model.conv_impl = 'auto'
+
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'folder'  # 'folder' (dir or .tar[.gz]), 'tfds', 'digits'.
@@ -52,6 +56,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer.boundaries = (0.5, 0.75)  # 'step': fractions of training.
   config.optimizer.decay_factor = 0.1  # 'step': lr multiplier at each boundary.
   config.optimizer.warmup_epochs = 0.0  # Linear warm-up from 0.
+  config.optimizer.norm_scale_l1 = 0.0  # L1 on norm scales (network slimming's training).
 
   config.init_from = ''  # A workdir whose latest params and batch stats start this run.
 
@@ -68,12 +73,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.sparsity.update_every = 100  # gradual: steps between mask updates.
   config.sparsity.refinement = 2e-4  # dynamic: SR-STE weight on pruned weights.
   config.sparsity.freeze_fraction = 0.1  # dynamic: last fraction with a fixed mask.
+  # 'cci', or 'unstructured': the magnitude-pruning baseline at density keep/group_size
+  # per chosen kernel (Zhu & Gupta with method 'gradual').
+  config.sparsity.pattern = 'cci'
 
   # Channel pruning (METHODS.md 2): 'c2s2' selects channels progressively from the
   # dense model in config.init_from, removes them, then trains the compact model with
   # num_epochs / optimizer above (the final fine-tune).
   config.channel_pruning = ml_collections.ConfigDict()
-  config.channel_pruning.method = 'none'  # 'none' or 'c2s2'.
+  # 'none', 'c2s2', or the one-shot baselines 'l1_filter' (Li et al.: the same fraction
+  # of each group by filter L1 norm) and 'slimming' (Liu et al.: global threshold on
+  # norm scales; train with optimizer.norm_scale_l1 first).
+  config.channel_pruning.method = 'none'
+  config.channel_pruning.prune_fraction = 0.5  # Baselines: fraction of channels removed.
   config.channel_pruning.include = ''  # Regex on group names ('' = all prunable).
   config.channel_pruning.exclude = ''  # Regex on group names left whole.
   config.channel_pruning.prune_residual_stream = False  # Also prune joined streams.
@@ -90,7 +102,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.channel_pruning.on_over_budget = 'restore'  # or 'halve_lambda'.
   config.channel_pruning.min_channels = 2
   config.channel_pruning.channel_multiple = 1  # Round kept channels up to a multiple.
-  config.channel_pruning.target_macs_ratio = 0.0  # Stop at this MACs ratio (0: never).
+  # c2s2: stop at this MACs ratio (0: never); baselines: prune the least fraction that
+  # reaches it (overrides prune_fraction).
+  config.channel_pruning.target_macs_ratio = 0.0
   config.channel_pruning.latency_batch = 128  # Batch of the latency measurement.
 
   config.log_every_steps = 50

@@ -1,19 +1,80 @@
 """Every benchmark runs at tiny sizes and reports ratios (no timing is asserted)."""
 
 import json
+import math
 import subprocess
 import sys
 
+import pytest
+
+from benchmarks import suite
 from tests.test_main import ROOT
 
+# Entry names and targets of each benchmark at smoke sizes.
+SMOKE_ENTRIES = {
+    'train_step': [('train_step/resnet8/b8/dense', None),
+                   ('train_step/resnet8/b8/cci_dynamic', 1.10),
+                   ('train_step/resnet8/b8/cci_fixed_mask', 1.05),
+                   ('train_step/resnet8/b8/c2s2_real', 1.05),
+                   ('train_step/resnet8/b8/c2s2_binary', 1.05)],
+    'mask_compute': [('mask_compute/resnet8/2of8', 0.05)],
+    'input_pipeline': [('input_pipeline/synthetic/b8', 1 / 3)],
+    'compact_forward': [('compact_forward/resnet8_half_conv1/b2', None)],
+    'packed_forward': [('packed_forward/resnet8/b2', None)],
+    'flax_reference': [('flax_reference/resnet8/b8', 1.05)],
+    'vgg_conv': [('vgg_conv/vgg16/b2/auto_vs_xla', 1 / 3)],
+    'pytorch_reference': [('pytorch_reference/resnet8/b8', None)],
+}
 
-def test_benchmarks_smoke(tmp_path):
+
+def test_every_benchmark_is_covered():
+  assert set(SMOKE_ENTRIES) == set(suite.NAMES)
+
+
+def test_cli_runs_a_selection_and_writes_json(tmp_path):
   out = tmp_path / 'latest.json'
-  result = subprocess.run([sys.executable, '-m', 'benchmarks', '--smoke', f'--out={out}'],
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks', '--smoke',
+       '--only=pytorch_reference,mask_compute', f'--out={out}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved = json.load(open(out))
+  names = ['mask_compute/resnet8/2of8', 'pytorch_reference/resnet8/b8']  # Registry order.
+  assert [e['name'] for e in saved['entries']] == names
+  assert saved['smoke'] and saved['machine']['platform']
+  assert set(saved['wall_seconds']) == {'mask_compute', 'pytorch_reference', 'total'}
+  for e in saved['entries']:
+    assert {'seconds', 'baseline', 'baseline_seconds', 'ratio', 'target',
+            'passed'} <= set(e)
+    assert e['name'] in result.stdout and f'{e["ratio"]:.3f}' in result.stdout
+
+
+def test_select_keeps_registry_order_and_rejects_unknown_names():
+  assert suite.select(None) == list(suite.NAMES)
+  assert suite.select(['vgg_conv', 'train_step']) == ['train_step', 'vgg_conv']
+  with pytest.raises(ValueError, match='Unknown benchmark.*nope.*known: train_step'):
+    suite.select(['train_step', 'nope'])
+
+
+@pytest.mark.parametrize('name', suite.NAMES)
+def test_benchmark_smoke(name, capsys):
+  entries = suite.measure(name, smoke=True)
+  print(suite.table(entries))
+  printed = capsys.readouterr().out
+  assert [(e['name'], e['target']) for e in entries] == SMOKE_ENTRIES[name]
+  for e in entries:
+    assert e['seconds'] > 0 and e['baseline_seconds'] > 0
+    assert math.isfinite(e['ratio']) and e['ratio'] > 0
+    assert e['passed'] is (None if e['target'] is None else e['ratio'] <= e['target'])
+    assert e['name'] in printed and f'{e["ratio"]:.3f}' in printed
+  json.dumps(entries)  # Serialisable as written to latest.json.
+
+
+def test_foreign_models_smoke():
+  result = subprocess.run([sys.executable, '-m', 'benchmarks.foreign_models', '--smoke'],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  entries = json.load(open(out))['entries']
-  names = {e['name'].split('/')[0] for e in entries}
-  assert names == {'train_step', 'packed_forward'}
-  assert all(e['ratio'] > 0 for e in entries)
-  assert 'train_step/resnet8/b8/cci_dynamic' in result.stdout
+  for name in ('resnet18 at 32x32', 'vgg16 at 32x32'):
+    assert name in result.stdout
+  assert result.stdout.count('masked vs compact') == 2
+  assert result.stdout.count('x fewer') == 4 and result.stdout.count('x faster') == 2

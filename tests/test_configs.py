@@ -10,7 +10,7 @@ from tests.test_main import ROOT
 from train import experiment
 
 CONFIG_DIR = os.path.join(ROOT, 'configs')
-HELPERS = {'base', 'cci_schedules', 'c2s2_schedules', '__init__'}
+HELPERS = {'base', 'cci_schedules', 'c2s2_schedules', 'baseline_schedules', '__init__'}
 NAMES = sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
                if f.endswith('.py') and f[:-3] not in HELPERS)
 

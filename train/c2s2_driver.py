@@ -73,7 +73,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
                 widths: dict[str, int]) -> Any:
   return models.build_model(config.model.name, num_classes, widths=widths,
                             dtype=experiment.DTYPES[config.model.dtype],
-                            shortcut=config.model.shortcut)
+                            shortcut=config.model.shortcut,
+                            conv_impl=config.model.conv_impl)
 
 
 def abstract_variables(model: Any, image_shape: tuple[int, ...]) -> Any:
@@ -82,6 +83,8 @@ def abstract_variables(model: Any, image_shape: tuple[int, ...]) -> Any:
 
 
 def trace_graph(model: Any, image_shape: tuple[int, ...]) -> graph_lib.ChannelGraph:
+  if hasattr(model, 'conv_impl'):  # Same parameters; the graph reads plain convs.
+    model = model.clone(conv_impl='xla')
   return graph_lib.trace_channel_graph(
       lambda v, x: model.apply(v, x, train=False),
       abstract_variables(model, image_shape), jnp.zeros((1, *image_shape), model.dtype))

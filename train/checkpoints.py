@@ -1,10 +1,19 @@
 """Orbax checkpoints of the train state plus a small JSON record per step.
 
-Orbax writes each step into a temporary directory and renames it when complete, so a
-run killed mid-write resumes from the last complete checkpoint.
+Orbax writes each step into a temporary directory (`STEP.orbax-checkpoint-tmp*`) and
+renames it to `STEP` when complete, so a run killed mid-write resumes from the last
+complete checkpoint; the temporary directory is never taken for a checkpoint and is
+deleted when the next run opens the directory.
+
+For tests, `CCI_C2S2_KILL_DURING_SAVE=PATH[@MOMENT]` makes the process kill itself
+with SIGKILL inside the save of the checkpoint whose final directory is `PATH`
+(absolute, e.g. `/runs/a/checkpoints/40`): at `create` (the temporary directory just
+made, nothing of the arrays written) or at `commit` (the default: every array and the
+JSON record written, the rename not yet done).
 """
 
 import os
+import signal
 from typing import Any
 
 from absl import logging
@@ -12,14 +21,48 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+KILL_DURING_SAVE_ENV = 'CCI_C2S2_KILL_DURING_SAVE'
+KILL_MOMENTS = ('create', 'commit')
+
+
+def _kill_if_targeted(final: Any, moment: str) -> None:
+  """SIGKILLs this process if `KILL_DURING_SAVE_ENV` names `final` at `moment`."""
+  target = os.environ.get(KILL_DURING_SAVE_ENV, '')
+  path, _, when = target.partition('@')
+  if when not in ('', *KILL_MOMENTS):
+    raise ValueError(f'{KILL_DURING_SAVE_ENV}={target!r}: the moment after @ must be '
+                     f'one of {KILL_MOMENTS}.')
+  if path and os.path.abspath(path) == os.path.abspath(str(final)) and (
+      (when or 'commit') == moment):
+    logging.warning('%s: killing this process inside the save of %s (%s).',
+                    KILL_DURING_SAVE_ENV, final, moment)
+    logging.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _KillDuringSave(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """Orbax's atomic-rename save with the test hook of `KILL_DURING_SAVE_ENV`."""
+
+  async def create(self):
+    path = await super().create()
+    _kill_if_targeted(self.get_final(), 'create')
+    return path
+
+  async def finalize(self, *args, **kwargs):
+    _kill_if_targeted(self.get_final(), 'commit')
+    return await super().finalize(*args, **kwargs)
+
 
 class Checkpointer:
   """Saves and restores `TrainState` pytrees and a JSON `meta` record by step."""
 
   def __init__(self, directory: str, keep: int, read_only: bool = False):
+    hook = {}
+    if os.environ.get(KILL_DURING_SAVE_ENV) and not read_only:
+      hook = {'temporary_path_class': _KillDuringSave}
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
-        cleanup_tmp_directories=not read_only)
+        cleanup_tmp_directories=not read_only, **hook)
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=('state', 'meta'))
@@ -93,6 +136,37 @@ def check_finite(state: Any, on_nonfinite: str, ckpt: Checkpointer) -> None:
       'steps.')
 
 
+def _open_read_only(workdir: str) -> tuple[ocp.CheckpointManager, str, int]:
+  """The checkpoints of `workdir`, their directory and latest step."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'{workdir!r} has no checkpoints/ directory.')
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={'state': ocp.PyTreeCheckpointHandler(),
+                     'meta': ocp.JsonCheckpointHandler()})
+  step = manager.latest_step()
+  if step is None:
+    manager.close()
+    raise FileNotFoundError(f'{workdir!r}: no checkpoint in {directory}.')
+  return manager, directory, step
+
+
+def check_variables(workdir: str, like: Any) -> None:
+  """Checks, reading metadata only, that `load_variables(workdir, like)` would fit.
+
+  Raises:
+    FileNotFoundError: no checkpoint in `workdir`.
+    ValueError: the checkpoint's variables differ from `like` (names the first path).
+  """
+  manager, directory, step = _open_read_only(workdir)
+  try:
+    _check_same_tree(f'{directory}/{step}', manager.item_metadata(step).state.tree,
+                     _variables(like))
+  finally:
+    manager.close()
+
+
 def load_variables(workdir: str, like: Any) -> Any:
   """Params and batch stats of the latest checkpoint in `workdir`, shaped as `like`.
 
@@ -103,19 +177,9 @@ def load_variables(workdir: str, like: Any) -> Any:
     FileNotFoundError: no checkpoint in `workdir`.
     ValueError: the checkpoint's variables differ from `like` (names the first path).
   """
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'{workdir!r} has no checkpoints/ directory.')
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_handlers={'state': ocp.PyTreeCheckpointHandler(),
-                     'meta': ocp.JsonCheckpointHandler()})
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'{workdir!r}: no checkpoint in {directory}.')
-  saved = manager.item_metadata(step).state.tree
-  expected = {'params': like['params'], 'batch_stats': like.get('batch_stats', {})}
-  _check_same_tree(workdir, {k: saved[k] for k in expected}, expected)
+  check_variables(workdir, like)
+  manager, _, step = _open_read_only(workdir)
+  expected = _variables(like)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(
           item=expected, partial_restore=True,
@@ -125,17 +189,34 @@ def load_variables(workdir: str, like: Any) -> Any:
   return dict(restored.state)
 
 
-def _check_same_tree(workdir: str, saved: Any, expected: Any) -> None:
-  """Raises ValueError naming the first parameter whose name or shape differs."""
-  saved_paths = {jax.tree_util.keystr(p): tuple(l.shape) for p, l in
-                 jax.tree_util.tree_leaves_with_path(saved)}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
-    key = jax.tree_util.keystr(path)
-    if saved_paths.get(key) != tuple(leaf.shape):
+def _variables(tree: Any) -> dict[str, Any]:
+  return {'params': tree['params'], 'batch_stats': tree.get('batch_stats', {})}
+
+
+def _check_same_tree(checkpoint: str, saved: Any, expected: Any) -> None:
+  """Raises ValueError naming the first variable whose name or shape differs.
+
+  Variables of the checkpoint that the model lacks count too: a deeper model's
+  checkpoint holds every variable of a shallower one with the same shapes.
+  """
+  def shapes(tree):
+    return {jax.tree_util.keystr(p): tuple(l.shape)
+            for p, l in jax.tree_util.tree_leaves_with_path(tree)}
+
+  saved = {k: saved.get(k, {}) for k in expected}  # Its optimiser state is not read.
+  saved_shapes, expected_shapes = shapes(saved), shapes(expected)
+  for key, shape in expected_shapes.items():
+    if saved_shapes.get(key) != shape:
+      found = ('is missing from' if key not in saved_shapes
+               else f'has shape {saved_shapes[key]} in')
       raise ValueError(
-          f'{workdir!r}: {key} has shape {saved_paths.get(key)} in '
-          f'the checkpoint but {tuple(leaf.shape)} in this model (another model or '
-          'widths?).')
+          f'{key} {found} the checkpoint {checkpoint} but has shape {shape} in this '
+          'model (another model or widths?).')
+  extra = sorted(saved_shapes.keys() - expected_shapes.keys())
+  if extra:
+    raise ValueError(
+        f'The checkpoint {checkpoint} holds {len(extra)} variable(s) this model lacks, '
+        f'e.g. {extra[0]} (another model or widths?).')
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:

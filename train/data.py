@@ -10,7 +10,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import gzip
 import hashlib
 import io
 import itertools
@@ -20,20 +19,22 @@ import queue
 import tarfile
 import tempfile
 import threading
-import zlib
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import ml_collections
 import numpy as np
+from absl import logging
 from PIL import Image
 
 FOLDER_LAYOUT = '[ROOT/]SPLIT/CLASS/IMAGE with IMAGE a .jpg, .jpeg or .png file'
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 _ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz')
-_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 _CACHE_VERSION = 1
+_CACHE_KEYS = ('train_images', 'train_labels', 'test_images', 'test_labels',
+               'class_names', 'mean', 'std')
 _SMALL_TFDS_EXAMPLES = (
   100_000  # tfds splits up to this size and side are held in memory
 )
@@ -207,12 +208,19 @@ def _resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
 
 
 def _decode_image(data: bytes, name: str, image_size: int) -> np.ndarray:
-  """Decodes JPEG/PNG bytes to uint8 RGB (image_size, image_size, 3)."""
+  """Decodes JPEG/PNG bytes to uint8 RGB (image_size, image_size, 3).
+
+  Raises:
+    ValueError: naming the image, whatever Pillow raised on damaged bytes (OSError,
+      SyntaxError, DecompressionBombError, ...).
+  """
   try:
     with Image.open(io.BytesIO(data)) as image:
       rgb = image.convert('RGB')
-  except (OSError, ValueError, Image.DecompressionBombError) as error:
-    raise ValueError(f'cannot decode image {name}: {error}') from error
+  except Exception as error:  # pylint: disable=broad-except  (damaged input)
+    raise ValueError(
+      f'cannot decode image {name}: {type(error).__name__}: {error}'
+    ) from error
   return _resize(rgb, image_size)
 
 
@@ -233,10 +241,8 @@ def _load_folder(cfg: ml_collections.ConfigDict) -> ImageDataset:
   splits = (cfg.train_split, cfg.test_split)
   key = _folder_key(path, splits, cfg.image_size)
   cache_file = _cache_dir(cfg.cache_dir) / f'{path.name}-{key}.npz'
-  if cache_file.exists():
-    with np.load(cache_file, allow_pickle=False) as cached:
-      arrays = {name: cached[name] for name in cached.files}
-  else:
+  arrays = _read_cache(cache_file)
+  if arrays is None:
     arrays = _decode_folder(path, splits, cfg.image_size)
     train = ArraySource(arrays['train_images'], arrays['train_labels'])
     arrays['mean'], arrays['std'] = _channel_stats(train)
@@ -248,6 +254,19 @@ def _load_folder(cfg: ml_collections.ConfigDict) -> ImageDataset:
     arrays['mean'],
     arrays['std'],
   )
+
+
+def _read_cache(cache_file: Path) -> dict[str, np.ndarray] | None:
+  """The arrays of a cache file; None if it is absent or unreadable (then rebuilt)."""
+  if not cache_file.exists():
+    return None
+  try:
+    with np.load(cache_file, allow_pickle=False) as cached:
+      return {name: cached[name] for name in _CACHE_KEYS}
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    logging.warning('Decoding the data again: cache %s is unreadable (%s).',
+                    cache_file, error)
+    return None
 
 
 def _cache_dir(configured: str) -> Path:
@@ -293,21 +312,36 @@ def _walk_images(root: Path) -> list[Path]:
   )
 
 
+class RefusedMember(ValueError):
+  """An archive member that could write or read outside the archive (never read)."""
+
+
 def _archive_images(archive: Path) -> Iterator[tuple[str, bytes]]:
-  """(member path, bytes) of each image member, streamed without extracting to disk."""
-  with tarfile.open(archive, 'r|*') as tar:
-    for member in tar:
-      if member.name.startswith('/') or '..' in member.name.split('/'):
-        raise ValueError(
-          f'archive {archive}: member {member.name!r} has an absolute path '
-          "or a '..' component; refusing it"
-        )
-      if member.issym() or member.islnk():
-        raise ValueError(
-          f'archive {archive}: member {member.name!r} is a link; refusing it'
-        )
-      if member.isfile() and member.name.lower().endswith(_IMAGE_SUFFIXES):
-        yield member.name, tar.extractfile(member).read()
+  """(member path, bytes) of each image member, streamed without extracting to disk.
+
+  Raises:
+    RefusedMember: a member with an absolute path, a '..' component, or a link.
+    ValueError: the archive is truncated or corrupt (tarfile and the decompressors
+      raise many types on damaged input; all are reported as this, naming the file).
+  """
+  try:
+    with tarfile.open(archive, 'r|*') as tar:
+      for member in tar:
+        if member.name.startswith('/') or '..' in member.name.split('/'):
+          raise RefusedMember(
+            f'archive {archive}: member {member.name!r} has an absolute path '
+            "or a '..' component; refusing it"
+          )
+        if member.issym() or member.islnk():
+          raise RefusedMember(
+            f'archive {archive}: member {member.name!r} is a link; refusing it'
+          )
+        if member.isfile() and member.name.lower().endswith(_IMAGE_SUFFIXES):
+          yield member.name, tar.extractfile(member).read()
+  except RefusedMember:
+    raise
+  except Exception as error:  # pylint: disable=broad-except  (damaged input)
+    raise ValueError(f'archive {archive} is truncated or corrupt: {error}') from error
 
 
 def _decode_members(
@@ -323,22 +357,19 @@ def _decode_members(
   found = []
   first: tuple[int, str] | None = None  # depth and name of the first image
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    try:
-      for name, data in members:
-        parts = [part for part in name.split('/') if part not in ('', '.')]
-        first = first or (len(parts), name)
-        if len(parts) != first[0]:
-          raise ValueError(
-            f'{path}: image {name!r} is not at the depth of {first[1]!r}; '
-            f'expected every image at {FOLDER_LAYOUT}'
-          )
-        if len(parts) < 3:
-          raise ValueError(f'{path}: image {name!r} is not at {FOLDER_LAYOUT}')
-        if parts[-3] in splits:
-          image = pool.submit(_decode_image, data, f'{name!r} in {path}', image_size)
-          found.append((name, parts[-3], parts[-2], image))
-    except _ARCHIVE_ERRORS as error:
-      raise ValueError(f'archive {path} is truncated or corrupt: {error}') from error
+    for name, data in members:
+      parts = [part for part in name.split('/') if part not in ('', '.')]
+      first = first or (len(parts), name)
+      if len(parts) != first[0]:
+        raise ValueError(
+          f'{path}: image {name!r} is not at the depth of {first[1]!r}; '
+          f'expected every image at {FOLDER_LAYOUT}'
+        )
+      if len(parts) < 3:
+        raise ValueError(f'{path}: image {name!r} is not at {FOLDER_LAYOUT}')
+      if parts[-3] in splits:
+        image = pool.submit(_decode_image, data, f'{name!r} in {path}', image_size)
+        found.append((name, parts[-3], parts[-2], image))
     return [(name, split, cls, image.result()) for name, split, cls, image in found]
 
 

@@ -43,10 +43,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   choices = {
       'data.source': (config.data.source, ('folder', 'tfds', 'digits')),
       'model.dtype': (config.model.dtype, tuple(DTYPES)),
+      'model.conv_impl': (config.model.conv_impl, models.common.CONV_IMPLS),
       'on_nonfinite': (config.on_nonfinite, ('stop', 'skip')),
       'optimizer.schedule': (config.optimizer.schedule, optim.SCHEDULES),
       'sparsity.method': (config.sparsity.method, ('none', *cci.METHODS)),
-      'channel_pruning.method': (config.channel_pruning.method, ('none', 'c2s2')),
+      'channel_pruning.method': (config.channel_pruning.method,
+                                 ('none', 'c2s2', 'l1_filter', 'slimming')),
   }
   for key, (value, allowed) in choices.items():
     if value not in allowed:
@@ -82,7 +84,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   widths = resolve_widths(config, workdir, dataset.num_classes)
   model = models.build_model(
       config.model.name, dataset.num_classes, widths=widths,
-      dtype=DTYPES[config.model.dtype], shortcut=config.model.shortcut)
+      dtype=DTYPES[config.model.dtype], shortcut=config.model.shortcut,
+      conv_impl=config.model.conv_impl)
   per_epoch = data.steps_per_epoch(len(dataset.train), config.batch_size)
   total = optim.num_train_steps(config, per_epoch)
   schedule = optim.make_schedule(config.optimizer, total, per_epoch)

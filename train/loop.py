@@ -8,7 +8,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from train import c2s2_driver, checkpoints, data, experiment, metrics, report, steps
+from train import (c2s2_driver, channel_baselines, checkpoints, data, experiment, metrics,
+                   provenance, report, steps)
 from train import workdir as workdir_lib
 from train.checkpoints import Checkpointer, abstract_like, check_finite
 
@@ -31,7 +32,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The summary (also written to `workdir/summary.json`), or {} if stopped early.
   """
+  revision = provenance.revision()  # The code that starts the run.
   exp = experiment.build(config, workdir)  # Every check before the workdir is touched.
+  if config.init_from and config.channel_pruning.method == 'none':
+    checkpoints.check_variables(config.init_from, exp.variables)
   workdir_lib.prepare(workdir, config, overwrite)
   if overwrite:  # The old run's widths.json is gone: rebuild without it.
     exp = experiment.build(config, workdir)
@@ -41,6 +45,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config = c2s2_driver.select(config, workdir, stop_at_step)
     if config is None:
       return {}
+    exp = experiment.build(config, workdir)
+  elif config.channel_pruning.method in channel_baselines.METHODS:
+    config = channel_baselines.select(config, workdir)  # One-shot, then fine-tune.
     exp = experiment.build(config, workdir)
   experiment.write_widths(exp, workdir)
   ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
@@ -53,7 +60,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     state = experiment.init_state(exp)
   is_chief = jax.process_index() == 0
-  writer = metrics.MetricWriter(workdir, start) if is_chief else None
+  summary_path = os.path.join(workdir, SUMMARY_FILE)
+  # Killed after its last checkpoint but before its summary: evaluate and log again.
+  redo_final = start == exp.total_steps and not os.path.exists(summary_path)
+  writer = metrics.MetricWriter(workdir, start, redo_final) if is_chief else None
   train_step = steps.make_train_step(exp.model, exp.method, exp.schedule,
                                      exp.dataset.mean, exp.dataset.std, exp.mesh)
   eval_step = steps.make_eval_step(exp.model, exp.method, exp.dataset.mean,
@@ -121,8 +131,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       'train_time_s': train_time,
       'train_images_per_s': train_images / train_time if train_time else 0.0,
       'model': config.model.name,
+      'seed': config.seed,
       'devices': jax.device_count(),
       'platform': jax.devices()[0].platform,
+      'revision': revision,
+      'hardware': provenance.hardware(),
   }
   if exp.method.sparsity is not None:
     sparse, table = report.sparsity_report(exp, state)
@@ -132,10 +145,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if config.channel_pruning.method != 'none':
     summary.update(report.channel_report(exp, original, config.channel_pruning.latency_batch))
   if writer:
-    if start < exp.total_steps:  # Rerunning a finished workdir logs nothing twice.
+    if start < exp.total_steps or redo_final:  # A finished run logs nothing twice.
       writer.write(exp.total_steps, 'test', result)
     writer.close()
-    workdir_lib.write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+    workdir_lib.write_json(summary_path, summary)
   ckpt.close()
   logging.info('Done: test top-1 %.4f, loss %.4f, %.0f s.', summary['top1'],
                summary['loss'], summary['wall_time_s'])

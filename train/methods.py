@@ -48,7 +48,8 @@ def cci_spec(cfg: ml_collections.ConfigDict, params: Any,
       begin_step=round(cfg.begin_fraction * total_steps),
       end_step=round(cfg.end_fraction * total_steps),
       update_every=cfg.update_every, refinement=cfg.refinement,
-      freeze_step=round((1.0 - cfg.freeze_fraction) * total_steps))
+      freeze_step=round((1.0 - cfg.freeze_fraction) * total_steps),
+      pattern=cfg.pattern)
   if spec.method == 'dynamic' and spec.freeze_step < spec.end_step:
     raise ValueError(
         'config.sparsity.freeze_fraction leaves the mask frozen before the kept count '
@@ -63,7 +64,8 @@ def build(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
     return Method(tx, _identity)
   spec, decisions = cci_spec(config.sparsity, params, total_steps)
   if jax.process_index() == 0:
-    logging.info('CCI %s, %d of %d, %s granularity:\n%s', spec.method, spec.keep,
-                 spec.group_size, spec.granularity, cci.decisions_table(decisions))
+    logging.info('Sparsity %s, pattern %s, %d of %d, %s granularity:\n%s', spec.method,
+                 spec.pattern, spec.keep, spec.group_size, spec.granularity,
+                 cci.decisions_table(decisions))
   return Method(cci.sparsify(tx, spec),
                 lambda p, s: cci.forward_params(p, s, spec), spec)

@@ -13,9 +13,17 @@ METRICS_FILE = 'metrics.jsonl'
 class MetricWriter:
   """Appends `{"step": s, "split": ..., name: value}` lines and TensorBoard scalars."""
 
-  def __init__(self, workdir: str, resume_step: int):
+  def __init__(self, workdir: str, resume_step: int, redo_test: bool = False):
+    """Opens the log of `workdir`, dropping what a resumed run will log again.
+
+    Args:
+      workdir: the run's directory.
+      resume_step: the step the run resumes from; later lines are dropped.
+      redo_test: also drop the test line at `resume_step` (a run resumed at its last
+        step evaluates again).
+    """
     self.path = os.path.join(workdir, METRICS_FILE)
-    _truncate_after(self.path, resume_step)
+    _truncate_after(self.path, resume_step, redo_test)
     self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
@@ -30,12 +38,21 @@ class MetricWriter:
     self._tb.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
+def _parse(line: str) -> dict[str, Any] | None:
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError:  # A line torn by a crash mid-write.
+    return None
+
+
+def _truncate_after(path: str, step: int, redo_test: bool = False) -> None:
   """Drops lines logged after `step` by a run that died before its next checkpoint."""
   if not os.path.exists(path):
     return
   with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l)['step'] <= step]
+    records = [(l, _parse(l)) for l in f if l.strip()]
+  lines = [l for l, r in records if r is not None and (
+      r['step'] < step or (r['step'] == step and not (redo_test and r['split'] == 'test')))]
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.writelines(lines)

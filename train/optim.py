@@ -2,6 +2,8 @@
 
 import math
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -45,10 +47,34 @@ def make_schedule(opt: ml_collections.ConfigDict, total_steps: int,
   return optax.join_schedules([ramp, main], [warmup])
 
 
+def is_norm_scale(params):
+  """True for every norm layer's `scale` leaf (batch, layer or group norm)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) == 'scale', params)
+
+
+def add_l1_subgradient(strength: float) -> optax.GradientTransformation:
+  """Adds `strength * sign(w)` to the gradient: L1 on the weights it is applied to."""
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError('add_l1_subgradient needs params in update().')
+    return jax.tree.map(lambda g, w: g + strength * jnp.sign(w), updates, params), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
 def make_optimizer(opt: ml_collections.ConfigDict,
                    schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with (Nesterov) momentum and coupled weight decay, as in PyTorch's SGD."""
-  return optax.chain(
-      optax.add_decayed_weights(opt.weight_decay),
-      optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov),
-  )
+  """SGD with (Nesterov) momentum and coupled weight decay, as in PyTorch's SGD.
+
+  `opt.norm_scale_l1 > 0` adds network slimming's sparsity term (Liu et al. 2017):
+  L1 on every norm scale.
+  """
+  parts = [optax.add_decayed_weights(opt.weight_decay)]
+  if opt.norm_scale_l1 < 0:
+    raise ValueError(f'config.optimizer.norm_scale_l1={opt.norm_scale_l1} must be >= 0.')
+  if opt.norm_scale_l1 > 0:
+    parts.append(optax.masked(add_l1_subgradient(opt.norm_scale_l1), is_norm_scale))
+  parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
+  return optax.chain(*parts)

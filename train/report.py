@@ -43,14 +43,25 @@ def layer_reports(model: Any, variables: Any, input_shape: tuple[int, ...],
   return rows
 
 
-def sparsity_summary(rows: list[efficiency.LayerEfficiency], group_size: int) -> dict[str, Any]:
-  """The sparsity fields of summary.json, and the per-layer table for layers.json."""
+def sparsity_summary(rows: list[efficiency.LayerEfficiency], group_size: int,
+                     fmt: str = 'cci') -> dict[str, Any]:
+  """The sparsity fields of summary.json, and the per-layer table for layers.json.
+
+  Index bits are those of the storage format `fmt`: 'cci' (log2 g per kept weight of
+  a grouped kernel) or 'csr' (column index per kept weight plus row pointers, for
+  unstructured masks).
+  """
   total = efficiency.totals(rows)
+
+  def index_bits(r: efficiency.LayerEfficiency) -> int:
+    if fmt == 'cci' or not r.grouped:
+      return efficiency.index_bits(r, group_size)
+    return efficiency.storage_bits(r, group_size, fmt) - r.kept * efficiency.VALUE_BITS
+
   table = [{
       'path': r.path, 'grouped': r.grouped, 'kernel_shape': list(r.kernel_shape),
       'density': r.kept / r.weights, 'macs_dense': r.macs_dense, 'macs_kept': r.macs_kept,
-      'value_bits': r.kept * efficiency.VALUE_BITS,
-      'index_bits': efficiency.index_bits(r, group_size),
+      'value_bits': r.kept * efficiency.VALUE_BITS, 'index_bits': index_bits(r),
   } for r in rows]
   return {
       'density': total['density'],
@@ -79,7 +90,9 @@ def sparsity_report(exp: Any, state: Any, pes: int = 256) -> tuple[dict[str, Any
   """Summary fields and the per-layer table of a CCI-trained state."""
   masks = kernel_masks(state.params, state.opt_state, exp.method.sparsity)
   rows = _rows(exp, state.variables, masks, pes)
-  return sparsity_summary(rows, exp.method.sparsity.group_size)
+  spec = exp.method.sparsity
+  return sparsity_summary(rows, spec.group_size,
+                          'csr' if spec.pattern == 'unstructured' else 'cci')
 
 
 def efficiency_report(exp: Any, state: Any, reference: Any | None,
@@ -94,12 +107,15 @@ def efficiency_report(exp: Any, state: Any, reference: Any | None,
     pes: processing elements of the modelled accelerator.
   """
   masks = kernel_masks(state.params, state.opt_state, exp.method.sparsity)
+  spec = exp.method.sparsity
+  unstructured = spec is not None and spec.pattern == 'unstructured'
+  own = 'cci' if spec is not None and not unstructured else 'model'
   weights = {cci.masks.path_of(p)[:-len('/kernel')]: np.asarray(w) for p, w in
              jax.tree_util.tree_leaves_with_path(reference or state.params)
              if cci.masks.path_of(p).endswith('/kernel')}
   variants = {
       'dense': {p: np.ones_like(m) for p, m in masks.items()},
-      'cci' if exp.method.sparsity else 'model': masks,
+      own: masks,
       'unstructured': {p: efficiency.unstructured_mask(weights[p], m.mean())
                        for p, m in masks.items()},
   }
@@ -107,7 +123,8 @@ def efficiency_report(exp: Any, state: Any, reference: Any | None,
   result = {'pes': pes, 'group_size': group_size, 'methods': {}}
   for name, variant in variants.items():
     rows = _rows(exp, state.variables, variant, pes)
-    fmt = {'dense': 'dense', 'unstructured': 'csr'}.get(name, 'cci')
+    fmt = {'dense': 'dense', 'unstructured': 'csr',
+           'model': 'csr' if unstructured else 'cci'}.get(name, 'cci')
     result['methods'][name] = {
         **efficiency.totals(rows),
         'storage_bits': sum(efficiency.storage_bits(r, group_size, fmt) for r in rows),

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from train.methods import Method
 from train.state import TrainState
@@ -22,8 +22,13 @@ Metrics = dict[str, jax.Array]
 
 
 def make_mesh() -> Mesh:
-  """A one-axis mesh over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ('data',))
+  """A one-axis mesh over every device of every process.
+
+  The axis is `Auto`: shardings are given at the step's boundary and XLA propagates
+  them inside, so any model traces (explicit axes refuse reshapes such as VGG's
+  max pool that cannot name the sharding of their output).
+  """
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

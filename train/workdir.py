@@ -34,9 +34,20 @@ def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
   return flat
 
 
+def with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+  """A saved config with keys added to the project since it was saved at their defaults."""
+  config = base.get_base_config()
+  config.update(saved)
+  return config.to_dict()
+
+
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-  """Keys whose values differ, ignoring run-control keys."""
-  a, b = flatten(old), flatten(new)
+  """Keys whose values differ, ignoring run-control keys.
+
+  A key missing from `old` (added to the project after it was saved) counts as its
+  default, so upgrading the code does not orphan a workdir.
+  """
+  a, b = flatten(with_defaults(old)), flatten(new)
   return sorted(k for k in a.keys() | b.keys()
                 if k not in RUN_CONTROL_KEYS and a.get(k) != b.get(k))
 
@@ -44,22 +55,28 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
 def prepare(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
   """Creates `workdir` and records `config` in it.
 
-  A workdir that holds checkpoints of a different experiment is refused, unless
-  `overwrite`, which deletes that experiment's checkpoints and metrics first.
+  A workdir that holds checkpoints of a different experiment, or checkpoints without
+  the `config.json` that says whose they are, is refused, unless `overwrite`, which
+  deletes those checkpoints and results first.
 
   Raises:
-    ValueError: the workdir belongs to another experiment.
+    ValueError: the workdir belongs to another (or an unknown) experiment.
   """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
-  has_checkpoints = any(os.path.isdir(os.path.join(workdir, d)) for d in RUN_DIRS)
-  if os.path.exists(path) and has_checkpoints:
-    diff = config_differences(read_json(path), config.to_dict())
+  if has_checkpoints(workdir):
+    if os.path.exists(path):
+      diff = config_differences(read_json(path), config.to_dict())
+      why = (f'checkpoints of another experiment (config keys that differ: '
+             f'{", ".join(diff)})')
+    else:
+      diff = [CONFIG_FILE]
+      why = (f'checkpoints but no {CONFIG_FILE}, so not known to be of this '
+             'experiment')
     if diff and not overwrite:
       raise ValueError(
-          f'Workdir {workdir} holds checkpoints of another experiment (config keys '
-          f'that differ: {", ".join(diff)}). Use another --workdir, or pass '
-          '--overwrite to delete them and start again.')
+          f'Workdir {workdir} holds {why}. Use another --workdir, or pass '
+          '--overwrite to delete its checkpoints and start again.')
     if diff:
       for name in RUN_DIRS:
         shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
@@ -67,6 +84,16 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) ->
         if os.path.exists(os.path.join(workdir, name)):
           os.remove(os.path.join(workdir, name))
   write_json(path, config.to_dict())
+
+
+def has_checkpoints(workdir: str) -> bool:
+  """Whether any file (a checkpoint, or part of one) is under the workdir's run dirs.
+
+  Empty directories do not count: a run that failed its checks after creating them
+  (e.g. a bad `init_from`) left nothing to protect.
+  """
+  return any(files for d in RUN_DIRS
+             for _, _, files in os.walk(os.path.join(workdir, d)))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -14,7 +14,8 @@ from train.c2s2_driver import widths_of
 
 def _setup(name, shortcut='A', size=16, seed=0, width=None):
   widths = width and {k: width for k in models.default_widths(name, 10, shortcut)}
-  model = models.build_model(name, 10, widths=widths, shortcut=shortcut)
+  model = models.build_model(name, 10, widths=widths, shortcut=shortcut,
+                             conv_impl='xla')
   x = jax.random.normal(jax.random.key(seed), (2, size, size, 3))
   variables = model.init(jax.random.key(seed + 1), x, train=False)
   # Non-trivial running statistics, so folding and slicing them is exercised.
@@ -53,7 +54,8 @@ def _compact(name, shortcut, variables, graph, masks, scales):
   folded = {**variables, 'params': params}
   sliced = surgery.slice_variables(folded, surgery.plan(graph, masks, folded))
   widths = widths_of(sliced['params'], models.default_widths(name, 10, shortcut))
-  return models.build_model(name, 10, widths=widths, shortcut=shortcut), sliced
+  return models.build_model(name, 10, widths=widths, shortcut=shortcut,
+                             conv_impl='xla'), sliced
 
 
 @pytest.mark.parametrize('name,shortcut,size,streams,width', [

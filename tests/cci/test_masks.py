@@ -127,3 +127,29 @@ def test_cubic_density_hand_computed():
   # Half-way: d = 0.25 + 0.75 * 0.5**3 = 0.34375; 8 * d = 2.75 -> 3 kept.
   assert float(cci.cubic_density(50, 0, 100, 0.25)) == pytest.approx(0.34375)
   assert int(cci.kept_count(50, 8, 2, 0, 100)) == 3
+
+
+# ------------------------------------------------ unstructured baseline (Zhu & Gupta)
+
+
+def test_magnitude_mask_hand_computed_with_ties_to_lower_index():
+  kernel = jnp.array([[0.5, -3.0], [1.0, -1.0]])
+  np.testing.assert_array_equal(cci.magnitude_mask(kernel, 0.5),
+                                [[False, True], [True, False]])
+  np.testing.assert_array_equal(cci.magnitude_mask(kernel, 0.0), np.zeros((2, 2), bool))
+
+
+magnitude_fn = jax.jit(cci.magnitude_mask)
+
+
+@SETTINGS
+@hypothesis.given(
+    # XLA on CPU flushes subnormals to zero, so they tie with 0 there.
+    st.lists(st.floats(-4, 4, width=32, allow_subnormal=False), min_size=192, max_size=192),
+    st.floats(0.0, 1.0))
+def test_magnitude_mask_keeps_the_largest_at_density(values, density):
+  kernel = np.asarray(values, np.float32).reshape(3, 2, 8, 4)
+  mask = np.asarray(magnitude_fn(jnp.asarray(kernel), density))
+  assert mask.sum() == round(density * kernel.size)
+  if 0 < mask.sum() < mask.size:
+    assert np.abs(kernel[mask]).min() >= np.abs(kernel[~mask]).max()

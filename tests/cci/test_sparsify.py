@@ -136,3 +136,26 @@ def test_gradual_never_revives_a_pruned_weight():
     kept = np.asarray(cci.find_state(opt_state).masks['conv']['kernel'])
     assert not np.any(kept & ~kept_before)
   assert int(kept.sum()) == 2
+
+
+def test_unstructured_gradual_reaches_the_density_and_never_revives():
+  s = cci.SparsitySpec(grouped=('conv/kernel',), method='gradual', group_size=8, keep=2,
+                       begin_step=0, end_step=6, update_every=2, pattern='unstructured')
+  tx = cci.sparsify(optax.sgd(0.05, 0.9), s)
+  params, state = PARAMS, tx.init(PARAMS)
+  assert np.asarray(cci.find_state(state).masks['conv']['kernel']).all()  # Density 1.
+  previous = None
+  for _ in range(8):
+    grads = jax.grad(lambda p: jnp.sum(cci.forward_params(p, state, s)['conv']['kernel']
+                                       ** 2))(params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    mask = np.asarray(cci.find_state(state).masks['conv']['kernel'])
+    if previous is not None:
+      assert not (mask & ~previous).any()  # A pruned weight stays pruned.
+    previous = mask
+  kernel = np.asarray(params['conv']['kernel'])
+  assert mask.sum() == round(0.25 * mask.size)
+  assert (kernel[~mask] == 0).all()
+  # Not CCI: some group keeps other than 2 of its 8 weights.
+  assert (np.asarray(cci.kept_per_group(mask, 8)) != 2).any()

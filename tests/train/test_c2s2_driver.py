@@ -14,10 +14,8 @@ from train import workdir as workdir_lib
 
 
 @pytest.fixture(scope='module')
-def dense_workdir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('dense'))
-  loop.train_and_evaluate(tiny_config(num_train_steps=80), workdir)
-  return workdir
+def dense_workdir(tiny_dense_workdir):
+  return tiny_dense_workdir
 
 
 def c2s2_config(dense_workdir, **channel_pruning):
@@ -93,6 +91,7 @@ def test_halve_lambda_redoes_phase_one(dense_workdir, tmp_path):
 
 @pytest.mark.parametrize('key,value,message', [
     ('target_macs_ratio', 0.01, 'target_macs_ratio'),
+    ('epsilon', -0.01, 'epsilon must be >= 0'),
     ('prune_residual_stream', True, 'prune_residual_stream'),
     ('include', 'nothing', 'include'),
 ])

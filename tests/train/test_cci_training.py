@@ -93,3 +93,41 @@ def test_efficiency_mode_needs_a_dense_reference_for_a_cci_model(dense_workdir, 
   assert methods['cci']['speedup'] > methods['unstructured']['speedup'] > 0.99
   assert methods['dense']['speedup'] == 1.0
   assert json.load(open(tmp_path / 'efficiency.json'))['unstructured_from'] == dense_workdir
+
+
+def test_unstructured_baseline_reaches_its_density_with_csr_index_bits(dense_workdir,
+                                                                       tmp_path):
+  from configs import baseline_schedules
+  config = tiny_config()
+  baseline_schedules.apply(config, 'unstructured', dense_workdir)
+  config.num_train_steps = 8
+  config.sparsity.update_every = 2
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  state = final_state(config, str(tmp_path))
+  masks = cci.find_state(state.opt_state).masks
+  kernels = [(np.asarray(w), np.asarray(m)) for w, m in
+             zip(jax.tree.leaves(state.params), jax.tree.leaves(masks)) if np.ndim(m)]
+  assert len(kernels) == 7
+  for kernel, mask in kernels:
+    assert mask.sum() == round(0.25 * mask.size) and np.all(kernel[~mask] == 0)
+  assert any((np.asarray(cci.kept_per_group(m, 8)) != 2).any() for _, m in kernels)
+  layers = json.load(open(tmp_path / 'layers.json'))
+  grouped = [l for l in layers if l['grouped']]
+  # CSR: more index bits per kept weight than CCI's 3 (log2 of 8).
+  assert all(l['index_bits'] > 3 * l['density'] * np.prod(l['kernel_shape'])
+             for l in grouped)
+  assert summary['density'] < 0.3
+
+
+def test_bfloat16_compute_keeps_float32_params_and_exact_masks(tmp_path):
+  config = tiny_config(num_train_steps=6)
+  config.model.dtype = 'bfloat16'
+  config.sparsity.method = 'dynamic'
+  config.sparsity.freeze_fraction = 0.5
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  state = final_state(config, str(tmp_path))
+  assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype('float32')}
+  masks = [m for m in jax.tree.leaves(cci.find_state(state.opt_state).masks) if np.ndim(m)]
+  assert masks and all(m.dtype == np.bool_ for m in masks)
+  assert all(np.all(np.asarray(cci.kept_per_group(m, 8)) == 2) for m in masks)
+  assert np.isfinite(summary['loss'])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from train import checkpoints, data, experiment, loop, steps
+from train import checkpoints, data, experiment, loop, models, steps
 from train.checkpoints import Checkpointer, abstract_like
 
 
@@ -50,6 +50,21 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
     state, metrics = step(state, steps.to_global(batch, exp.mesh))
     losses.append(float(metrics['loss']))
   assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_vgg_steps_on_the_trainer_mesh(tmp_path):
+  """VGG's reshape max pool traces under the trainer's mesh (its axes are Auto)."""
+  config = tiny_config(batch_size=4)
+  config.model.name = 'vgg16'
+  config.data.image_size = 32
+  config.model.widths = json.dumps({key: 4 for key in models.default_widths('vgg16')})
+  exp = experiment.build(config, str(tmp_path))
+  step = steps.make_train_step(exp.model, exp.method, exp.schedule, exp.dataset.mean,
+                               exp.dataset.std, exp.mesh)
+  batch = next(data.train_batches(exp.dataset.train, batch_size=4, seed=0,
+                                  start_step=0, crop_padding=0, flip=False))
+  state, metrics = step(experiment.init_state(exp), steps.to_global(batch, exp.mesh))
+  assert np.isfinite(float(metrics['loss'])) and int(state.step) == 1
 
 
 def test_interrupted_run_resumes_to_identical_parameters(tmp_path):

@@ -296,3 +296,36 @@ def test_vgg_bfloat16_forward():
   with pytest.raises(ValueError, match='max pool after conv1 needs even'):
     model.apply(variables, jnp.ones((1, 5, 5, 3)), train=False)
 
+
+
+def test_vgg_conv_implementations_agree_and_share_parameters():
+  x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  built = {impl: models.build_model('vgg16', 10, slim('vgg16'), conv_impl=impl)
+           for impl in ('xla', 'patches', 'auto')}
+  variables = built['xla'].init(jax.random.key(0), x, train=False)
+  for impl in ('patches', 'auto'):
+    assert jax.tree.structure(built[impl].init(jax.random.key(0), x, train=False)) == \
+        jax.tree.structure(variables)
+
+  def loss_and_grads(model):
+    def loss(params):
+      logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                              mutable=['batch_stats'])
+      return jnp.sum(logits ** 2)
+    return jax.jit(jax.value_and_grad(loss))(variables['params'])
+
+  reference = loss_and_grads(built['xla'])
+  for impl in ('patches', 'auto'):
+    value, grads = loss_and_grads(built[impl])
+    np.testing.assert_allclose(value, reference[0], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, atol=1e-4 * float(np.abs(b).max()) + 1e-7), grads, reference[1])
+
+
+def test_patches_only_where_they_pay():
+  from train.models import common
+  assert common.use_patches('patches', 1024) and not common.use_patches('xla', 4)
+  assert common.use_patches('auto', 4) == (jax.default_backend() == 'cpu')
+  assert not common.use_patches('auto', 16)
+  with pytest.raises(ValueError, match='model.conv_impl'):
+    common.use_patches('fast', 4)

@@ -34,7 +34,7 @@ KNOWN_NAMES = ('vgg16', *(f'resnet{d}' for d in sorted(STAGES)),
 def build_model(name: str, num_classes: int,
                 widths: Mapping[str, int] | None = None,
                 dtype: DTypeLike = jnp.float32,
-                shortcut: str = 'A') -> nn.Module:
+                shortcut: str = 'A', conv_impl: str = 'auto') -> nn.Module:
   """The model called ``name``, its widths validated.
 
   Args:
@@ -44,6 +44,8 @@ def build_model(name: str, num_classes: int,
     dtype: Computation dtype; parameters stay float32, logits are float32.
     shortcut: CIFAR ResNets: 'A' (zero-pad) or 'B' (1x1 conv + BN). The
       other models ignore it (ImageNet ResNets always project).
+    conv_impl: VGG's conv implementation ('auto', 'xla', 'patches'; see
+      ``common.PatchesConv``); the ResNets ignore it.
 
   Raises:
     ValueError: For an unknown name, num_classes < 1, a bad shortcut, or
@@ -59,7 +61,7 @@ def build_model(name: str, num_classes: int,
   match = re.fullmatch(r'resnet(\d+)', name)
   depth = int(match.group(1)) if match else None
   if name == 'vgg16':
-    model = CifarVGG(num_classes, widths=frozen, dtype=dtype)
+    model = CifarVGG(num_classes, widths=frozen, dtype=dtype, conv_impl=conv_impl)
   elif depth in STAGES:
     model = ImageNetResNet(depth, num_classes, widths=frozen, dtype=dtype)
   elif depth is not None and is_cifar_depth(depth):

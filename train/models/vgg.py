@@ -38,10 +38,13 @@ class CifarVGG(nn.Module):
     widths: Conv path ('conv0'..'conv12') -> output channels overriding some
       defaults, or None.
     dtype: Computation dtype; parameters stay float32, logits are float32.
+    conv_impl: 'auto', 'xla' or 'patches' (`common.PatchesConv`): 'auto' runs the
+      2x2-position convs of the last block as patches + matmul on CPU.
   """
   num_classes: int
   widths: Mapping[str, int] | None = None
   dtype: DTypeLike = jnp.float32
+  conv_impl: str = 'auto'
 
   def default_widths(self) -> dict[str, int]:
     """Conv path -> output channels of the standard network."""
@@ -65,7 +68,8 @@ class CifarVGG(nn.Module):
       if item == 'M':
         x = max_pool_2x2(x, f'conv{index - 1}')
         continue
-      x = conv(widths[f'conv{index}'], 3, 1, f'conv{index}', self.dtype)(x)
+      x = conv(widths[f'conv{index}'], 3, 1, f'conv{index}', self.dtype,
+               self.conv_impl)(x)
       x = nn.relu(batch_norm(train, f'bn{index}', self.dtype)(x))
       index += 1
     x = x.reshape(x.shape[0], -1)

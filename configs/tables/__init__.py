@@ -1,0 +1,1 @@
+"""Comparison tables for `python -m train.reproduce --table=NAME` (train/tables.py)."""

@@ -1,0 +1,92 @@
+"""The reproduction harness: tables load, and a tiny table runs end to end."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_main import ROOT
+from train import reproduce, tables
+
+TINY = {'data.image_size': 8, 'batch_size': 16, 'eval_batch_size': 100,
+        'num_train_steps': 6, 'checkpoint_every_steps': 3, 'log_every_steps': 3}
+TABLE = f'''
+from train.tables import TOP1, Column, Row, Table, macs_reduction
+TINY = {TINY!r}
+
+def get_table(preset):
+  return Table('tiny', 'tiny', 'Two rows and two that cannot finish.', (
+      Row('dense', 'dense', 'dense', 'configs/quickstart.py', TINY),
+      Row('l1', 'L1 filter', 'L1 filter', 'configs/quickstart.py',
+          {{**TINY, 'channel_pruning.method': 'l1_filter',
+            'channel_pruning.latency_batch': 4}}, start_from='dense'),
+      Row('broken', 'broken', 'x', 'configs/quickstart.py',
+          {{**TINY, 'model.name': 'resnet7'}}),
+      Row('after_broken', 'after', 'x', 'configs/quickstart.py', TINY,
+          start_from='broken'),
+  ), (TOP1, Column('MACs reduction', macs_reduction)))
+'''
+
+
+@pytest.mark.parametrize('name, preset', [
+    ('cifar10_cci', 'cpu'), ('cifar10_cci', 'paper'), ('cifar10_c2s2', 'cpu'),
+    ('cifar10_c2s2', 'paper'), ('imagenet_cci', 'paper'), ('imagenet_c2s2', 'paper')])
+def test_every_row_of_the_shipped_tables_has_a_valid_config(name, preset):
+  table = reproduce.load_table(name, preset)
+  for row in table.rows:
+    reproduce.row_config(row).lock()
+
+
+def test_bad_tables_are_refused_by_name():
+  with pytest.raises(ValueError, match='no such table'):
+    reproduce.load_table('cifar11', 'cpu')
+  with pytest.raises(ValueError, match='only the paper preset'):
+    reproduce.load_table('imagenet_cci', 'cpu')
+  row = tables.Row('r', 'r', 'm', 'configs/quickstart.py', {'optimizer.lr': 0.1})
+  with pytest.raises(ValueError, match="Row r: .* no key 'optimizer.lr'"):
+    reproduce.row_config(row)
+  with pytest.raises(ValueError, match='starts from'):
+    tables.Table('t', 't', '', (tables.Row('a', 'a', 'm', 'c', start_from='b'),), ())
+
+
+def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
+  table = tmp_path / 'tiny.py'
+  table.write_text(TABLE)
+  args = [sys.executable, '-m', 'train.reproduce', f'--table={table}',
+          f'--root={tmp_path / "runs"}', f'--results={tmp_path / "results"}',
+          '--latency_batch=4']
+  first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+  assert first.returncode != 0 and "['broken']" in first.stderr, first.stderr[-2000:]
+  results = tmp_path / 'results'
+  assert {p.name for p in results.iterdir()} == {'tiny.md', 'tiny.csv', 'tiny.json',
+                                                 'tiny.png'}
+  text = (results / 'tiny.md').read_text()
+  assert '| dense |' in text and '| L1 filter |' in text
+  assert 'broken (seed 0): failed' in text and 'resnet7' in text
+  assert 'after_broken (seed 0): blocked: needs row broken' in text
+  with open(results / 'tiny.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['row'] for r in rows] == ['dense', 'l1']
+  assert float(rows[1]['MACs reduction']) > 1.0
+  record = json.loads((results / 'tiny.json').read_text())['rows'][1]
+  assert record['config']['channel_pruning']['method'] == 'l1_filter'
+  assert record['config']['init_from'].endswith(os.path.join('cpu', 'dense'))
+  assert record['revision'] and record['hardware']['devices'] >= 1
+  assert record['latency_ms'] > 0 and record['wall_time_s'] > 0 and record['seed'] == 0
+  # Rerunning skips the finished rows: no new attempt is recorded for them.
+  attempts = tmp_path / 'runs' / 'cpu' / 'dense' / reproduce.ATTEMPTS_FILE
+  assert len(json.loads(attempts.read_text())) == 1
+  second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+  assert second.returncode != 0
+  assert len(json.loads(attempts.read_text())) == 1
+  # Without the workdirs, the recorded rows stand and nothing is rerun for them.
+  shutil.rmtree(tmp_path / 'runs')
+  third = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+  assert third.returncode != 0
+  assert not (tmp_path / 'runs' / 'cpu' / 'dense').exists()
+  text = (results / 'tiny.md').read_text()
+  assert '| dense |' in text and '| L1 filter |' in text

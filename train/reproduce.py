@@ -1,0 +1,394 @@
+r"""Runs every row of a comparison table and writes its results.
+
+  python -m train.reproduce --table=cifar10_cci --preset=cpu [--seeds=3]
+
+Each row is `main.py` with the row's config and overrides, in its own process and
+workdir `ROOT/PRESET/ROW` (seed s > 0: `ROOT/PRESET/seedS/ROW`), with its log beside
+it (`ROW.log`). A row whose workdir holds a `summary.json` is finished and skipped, so
+rerunning the command continues an interrupted reproduction; a row whose run fails is
+reported and the others go on (rows starting from it are blocked). Rows of any table
+with the same name share one run, e.g. the dense pre-training. A row already recorded
+in `RESULTS/NAME.json` with the same config is kept without its workdir (rerun only if
+a later row must start from it), so the results files carry a reproduction across
+machines that do not keep `ROOT`. At the end the inference
+latency of every finished row's model is measured side by side in this process, and
+`RESULTS/NAME.md`, `.csv`, `.json` (per row: git revision, full config, hardware, wall
+time, seed, summary) and `.png` (top-1 against MACs, one marker per method) are written.
+"""
+
+import csv
+import importlib
+import importlib.util
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from absl import app, flags, logging
+import ml_collections
+
+from train import tables
+from train import workdir as workdir_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TABLE = flags.DEFINE_string('table', None, 'A table in configs/tables, or a table file.')
+_PRESET = flags.DEFINE_enum('preset', 'cpu', tables.PRESETS, 'Which schedule.')
+_SEEDS = flags.DEFINE_integer('seeds', 1, 'Seeds 0..N-1 of every row.')
+_ROOT = flags.DEFINE_string('root', 'runs/reproduce', 'Where the rows run.')
+_RESULTS = flags.DEFINE_string('results', 'results', 'Where the result files go.')
+_OVERRIDE = flags.DEFINE_multi_string(
+    'override', [], 'KEY=VALUE added to every row (e.g. data.data_dir=/data).')
+_ONLY = flags.DEFINE_list('only', [], 'Run only these rows (and report all finished).')
+_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Run nothing; write the results.')
+_LATENCY_BATCH = flags.DEFINE_integer('latency_batch', 128, 'Batch of the latency column.')
+ATTEMPTS_FILE = 'reproduce_attempts.json'
+
+
+def load_table(name: str, preset: str) -> tables.Table:
+  """`configs/tables/NAME.py` (or the file at path NAME)'s table for `preset`."""
+  if name.endswith('.py'):
+    spec = importlib.util.spec_from_file_location('table', name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  else:
+    try:
+      module = importlib.import_module(f'configs.tables.{name}')
+    except ModuleNotFoundError as e:
+      available = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, 'configs', 'tables'))
+                         if f.endswith('.py') and not f.startswith('_'))
+      raise ValueError(f'--table={name}: no such table; tables: {available}.') from e
+  return module.get_table(preset)
+
+
+def row_config(row: tables.Row, overrides: Sequence[str] = ()) -> Any:
+  """The row's config with its overrides applied, as main.py will see it.
+
+  Raises:
+    ValueError: the config file or an override key does not exist (names the row).
+  """
+  path, _, arg = row.config.partition(':')
+  module_name = os.path.splitext(os.path.relpath(os.path.join(REPO, path), REPO))[0]
+  try:
+    module = importlib.import_module(module_name.replace(os.sep, '.'))
+    config = module.get_config(arg) if arg else module.get_config()
+  except (ImportError, ValueError) as e:
+    raise ValueError(f'Row {row.name}: config {row.config}: {e}') from e
+  for key, value in [*row.overrides.items(), *(kv.split('=', 1) for kv in overrides)]:
+    parent, _, leaf = key.rpartition('.')
+    node = config
+    for part in parent.split('.') if parent else ():
+      node = node.get(part) if hasattr(node, 'get') else None
+    if node is None or not hasattr(node, 'keys') or leaf not in node:
+      raise ValueError(f'Row {row.name}: config {row.config} has no key {key!r}.')
+    if (key, value) in row.overrides.items():
+      node[leaf] = value
+  return config
+
+
+def row_workdir(root: str, preset: str, row: str, seed: int) -> str:
+  return os.path.join(root, preset, row) if seed == 0 else os.path.join(
+      root, preset, f'seed{seed}', row)
+
+
+def command(row: tables.Row, workdir: str, seed: int, init_from: str,
+            overrides: Sequence[str]) -> list[str]:
+  """The `main.py` command line of one row."""
+  args = [sys.executable, os.path.join(REPO, 'main.py'), f'--config={row.config}',
+          f'--workdir={workdir}', f'--config.seed={seed}']
+  if init_from:
+    args.append(f'--config.init_from={init_from}')
+  args += [f'--config.{k}={v}' for k, v in row.overrides.items()]
+  return args + [f'--config.{kv}' for kv in overrides]
+
+
+def finished(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, 'summary.json'))
+
+
+def run_row(args: list[str], workdir: str, log_path: str) -> tuple[bool, str]:
+  """Runs one row to its end; returns (succeeded, the log's last lines if not)."""
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  start = time.time()
+  with open(log_path, 'a') as log:
+    log.write(f'\n$ {" ".join(args)}\n')
+    log.flush()
+    code = subprocess.run(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+  attempts_path = os.path.join(workdir, ATTEMPTS_FILE)
+  if os.path.isdir(workdir):
+    attempts = workdir_lib.read_json(attempts_path) if os.path.exists(attempts_path) else []
+    workdir_lib.write_json(attempts_path, attempts + [
+        {'seconds': time.time() - start, 'exit_code': code, 'ended': time.ctime()}])
+  if code == 0 and finished(workdir):
+    return True, ''
+  with open(log_path) as f:
+    tail = ''.join(f.readlines()[-5:]).strip()
+  return False, f'exit code {code}: {tail}'
+
+
+def previous_records(directory: str, table_name: str) -> dict[tuple[str, int], dict]:
+  """The rows recorded by an earlier reproduction in `directory/NAME.json`."""
+  path = os.path.join(directory, table_name + '.json')
+  if not os.path.exists(path):
+    return {}
+  return {(r['row'], r['seed']): r for r in workdir_lib.read_json(path)['rows']}
+
+
+def same_config(row: tables.Row, record: dict[str, Any], overrides: Sequence[str]) -> bool:
+  """Whether a recorded run is this row's (ignoring paths and run-control keys)."""
+  expected = row_config(row, overrides).to_dict()
+  expected['seed'] = record['seed']
+  ignored = {'init_from', *(kv.split('=', 1)[0] for kv in overrides)}
+  return not [k for k in workdir_lib.config_differences(record['config'], expected)
+              if k not in ignored]
+
+
+def run_table(table: tables.Table, preset: str, seeds: int, root: str,
+              overrides: Sequence[str], only: Sequence[str] = (),
+              prior: dict[tuple[str, int], dict] | None = None) -> list[dict[str, Any]]:
+  """Runs the unfinished rows of every seed; returns each row's status.
+
+  A row recorded in `prior` with the same config counts as done ('recorded') unless
+  another row must start from its workdir, which then is run again (missing).
+  """
+  rows, prior = {r.name: r for r in table.rows}, prior or {}
+  statuses = []
+  for seed in range(seeds):
+    failed = {}
+
+    def ensure(row: tables.Row, need_workdir: bool) -> tuple[str, str]:
+      workdir = row_workdir(root, preset, row.name, seed)
+      if finished(workdir):
+        return 'finished', ''
+      if row.name in failed:
+        return 'failed', failed[row.name]
+      record = prior.get((row.name, seed))
+      if record and not need_workdir and same_config(row, record, overrides):
+        return 'recorded', ''
+      if only and row.name not in only and not need_workdir:
+        return 'not run', 'not in --only'
+      dependency = ''
+      if row.start_from:
+        if ensure(rows[row.start_from], need_workdir=True)[0] != 'finished':
+          return 'blocked', f'needs row {row.start_from}'
+        dependency = row_workdir(root, preset, row.start_from, seed)
+      args = command(row, workdir, seed, dependency, overrides)
+      logging.info('%s seed %d: %s', row.name, seed, ' '.join(args[1:]))
+      ok, detail = run_row(args, workdir, workdir + '.log')
+      logging.log(logging.INFO if ok else logging.ERROR, '%s seed %d: %s %s', row.name,
+                  seed, 'finished' if ok else 'failed', detail)
+      if not ok:
+        failed[row.name] = detail
+      return ('finished', '') if ok else ('failed', detail)
+
+    for row in table.rows:
+      status, detail = ensure(row, need_workdir=False)
+      statuses.append({'row': row.name, 'seed': seed, 'status': status, 'detail': detail,
+                       'workdir': row_workdir(root, preset, row.name, seed)})
+  return statuses
+
+
+def measure_latencies(models_of: dict[str, tuple[dict, dict[str, int]]],
+                      batch_size: int) -> dict[str, float]:
+  """Median ms of each entry's inference forward pass, all timed interleaved.
+
+  Args:
+    models_of: key -> (config dict, widths) of the model to time; entries with the
+      same model and widths share one measurement.
+    batch_size: images per forward pass.
+  """
+  from train import data, models, report  # Imports JAX: only when needed.
+  unique, keys, shape = {}, {}, None
+  for name, (config, widths) in models_of.items():
+    key = json.dumps([config['model'], config['data'], widths], sort_keys=True)
+    keys[name] = key
+    if key not in unique:
+      data_config = ml_collections.ConfigDict(config['data'])
+      dataset = data.load_dataset(data_config)
+      shape = dataset.image_shape
+      unique[key] = models.build_model(config['model']['name'], dataset.num_classes,
+                                       widths=widths, shortcut=config['model']['shortcut'])
+  if not unique:
+    return {}
+  seconds = report.forward_latency(unique, shape, batch_size)
+  return {name: 1e3 * seconds[key] for name, key in keys.items()}
+
+
+def records(table: tables.Table, statuses: list[dict[str, Any]],
+            prior: dict[tuple[str, int], dict]) -> list[dict[str, Any]]:
+  """One record per finished or recorded (row, seed): provenance, config, summary."""
+  rows = {r.name: r for r in table.rows}
+  out = []
+  for status in statuses:
+    if status['status'] == 'recorded':
+      out.append(dict(prior[(status['row'], status['seed'])]))
+      continue
+    if status['status'] != 'finished':
+      continue
+    workdir = status['workdir']
+    summary = workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
+    attempts_path = os.path.join(workdir, ATTEMPTS_FILE)
+    attempts = workdir_lib.read_json(attempts_path) if os.path.exists(attempts_path) else []
+    row = rows[status['row']]
+    out.append({
+        'row': row.name, 'label': row.label, 'method': row.method, 'seed': status['seed'],
+        'start_from': row.start_from, 'workdir': workdir,
+        'revision': summary.get('revision', 'unknown'),
+        'hardware': summary.get('hardware', {'platform': summary.get('platform')}),
+        'wall_time_s': sum(a['seconds'] for a in attempts) or summary['wall_time_s'],
+        'config': workdir_lib.read_json(os.path.join(workdir, workdir_lib.CONFIG_FILE)),
+        'widths': workdir_lib.read_json(os.path.join(workdir, 'widths.json')),
+        'summary': summary,
+    })
+  return out
+
+
+def add_latencies(table: tables.Table, recs: list[dict[str, Any]], batch_size: int) -> None:
+  """Sets `latency_ms` of every record and the first row's as `dense_latency_ms`."""
+  ms = measure_latencies({f'{r["row"]}/{r["seed"]}': (r['config'], r['widths'])
+                          for r in recs}, batch_size)
+  for r in recs:
+    r['latency_ms'] = ms[f'{r["row"]}/{r["seed"]}']
+  dense = {r['seed']: r['latency_ms'] for r in recs if r['row'] == table.rows[0].name}
+  for r in recs:
+    r['dense_latency_ms'] = dense.get(r['seed'])
+    r['latency_batch'] = batch_size
+
+
+def _cell(values: list[float | None], fmt: str) -> str:
+  values = [v for v in values if v is not None]
+  if not values:
+    return '-'
+  if len(values) == 1:
+    return fmt.format(values[0])
+  return (f'{fmt.format(statistics.mean(values))} ± '
+          f'{fmt.format(statistics.stdev(values))} (n={len(values)})')
+
+
+def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
+             statuses: list[dict[str, Any]], seeds: int) -> str:
+  """The table as Markdown: mean (and spread over seeds) per row, then what is missing."""
+  header = ['row', *[c.header for c in table.columns]]
+  lines = [f'# {table.title}', '', table.notes.strip(), '',
+           f'Command: `python -m train.reproduce --table={table.name} --preset={preset}'
+           f'{f" --seeds={seeds}" if seeds > 1 else ""}`', '',
+           '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for row in table.rows:
+    mine = [r for r in recs if r['row'] == row.name]
+    if mine:
+      cells = [_cell([c.value(r) for r in mine], c.fmt) for c in table.columns]
+      lines.append(f'| {row.label} | ' + ' | '.join(cells) + ' |')
+  missing = [s for s in statuses if s['status'] not in ('finished', 'recorded')]
+  if missing:
+    lines += ['', 'Not finished:', '']
+    lines += [f'- {s["row"]} (seed {s["seed"]}): {s["status"]}'
+              f'{": " + s["detail"] if s["detail"] else ""}' for s in missing]
+  revisions = sorted({r['revision'][:12] for r in recs})
+  hardware = sorted({f'{r["hardware"].get("devices", "?")} x '
+                     f'{r["hardware"].get("device_kind", r["hardware"].get("platform"))}'
+                     f' ({r["hardware"].get("cpu", "?")})' for r in recs})
+  lines += ['', f'Revisions: {", ".join(revisions) or "-"}. Hardware: '
+            f'{"; ".join(hardware) or "-"}. Per row: `{table.name}.json` (full config, '
+            'summary, seed, wall time) and `.csv`.']
+  return '\n'.join(lines) + '\n'
+
+
+def write_csv(path: str, table: tables.Table, recs: list[dict[str, Any]]) -> None:
+  with open(path + '.tmp', 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['row', 'label', 'method', 'seed', *[c.header for c in table.columns],
+                     'revision', 'hardware', 'workdir'])
+    for r in recs:
+      writer.writerow([r['row'], r['label'], r['method'], r['seed'],
+                       *[c.value(r) for c in table.columns], r['revision'],
+                       json.dumps(r['hardware'], sort_keys=True), r['workdir']])
+  os.replace(path + '.tmp', path)
+
+
+def plot(path: str, table: tables.Table, recs: list[dict[str, Any]]) -> None:
+  """Top-1 against MACs, one marker per method."""
+  import matplotlib
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+  markers = 'o^sDvP*Xh<>p'
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  methods = list(dict.fromkeys(r['method'] for r in recs))
+  for i, method in enumerate(methods):
+    mine = [r for r in recs if r['method'] == method]
+    ax.scatter([tables.macs_millions(r) for r in mine], [r['summary']['top1'] for r in mine],
+               marker=markers[i % len(markers)], label=method, s=50)
+  ax.set_xlabel('MACs per image (M)')
+  ax.set_ylabel('test top-1')
+  ax.set_title(table.title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path + '.tmp.png', dpi=120)
+  plt.close(fig)
+  os.replace(path + '.tmp.png', path)
+
+
+def write_results(table: tables.Table, preset: str, recs: list[dict[str, Any]],
+                  statuses: list[dict[str, Any]], seeds: int, directory: str) -> str:
+  """Writes NAME.md, .csv, .json and .png (if any row finished); returns the .md path."""
+  os.makedirs(directory, exist_ok=True)
+  base = os.path.join(directory, table.name)
+  workdir_lib.write_json(base + '.json', {'table': table.name, 'preset': preset,
+                                          'rows': recs, 'statuses': statuses})
+  write_csv(base + '.csv', table, recs)
+  if recs:
+    plot(base + '.png', table, recs)
+  with open(base + '.md.tmp', 'w') as f:
+    f.write(markdown(table, preset, recs, statuses, seeds))
+  os.replace(base + '.md.tmp', base + '.md')
+  return base + '.md'
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+  """SIGTERM unwinds like Ctrl-C, so `subprocess.run` kills the row it runs."""
+  del frame
+  sys.exit(f'Stopped by signal {signum}; rerun the command to continue.')
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  signal.signal(signal.SIGTERM, _exit_on_sigterm)
+  table = load_table(_TABLE.value, _PRESET.value)
+  unknown = set(_ONLY.value) - {r.name for r in table.rows}
+  if unknown:
+    raise app.UsageError(f'--only names rows not in {table.name}: {sorted(unknown)}.')
+  for kv in _OVERRIDE.value:
+    if '=' not in kv:
+      raise app.UsageError(f'--override={kv!r} is not KEY=VALUE.')
+  for row in table.rows:  # Every row's config and overrides, before any run.
+    row_config(row, _OVERRIDE.value)
+  root = os.path.abspath(_ROOT.value)
+  prior = previous_records(_RESULTS.value, table.name)
+  if _REPORT_ONLY.value:
+    statuses = [{'row': r.name, 'seed': s, 'workdir': row_workdir(root, _PRESET.value,
+                                                                  r.name, s),
+                 'detail': ''} for s in range(_SEEDS.value) for r in table.rows]
+    for s in statuses:
+      recorded = (s['row'], s['seed']) in prior
+      s['status'] = ('finished' if finished(s['workdir'])
+                     else 'recorded' if recorded else 'not run')
+  else:
+    statuses = run_table(table, _PRESET.value, _SEEDS.value, root, _OVERRIDE.value,
+                         _ONLY.value, prior)
+  recs = records(table, statuses, prior)
+  add_latencies(table, recs, _LATENCY_BATCH.value)
+  path = write_results(table, _PRESET.value, recs, statuses, _SEEDS.value, _RESULTS.value)
+  failed = [s for s in statuses if s['status'] == 'failed']
+  logging.info('Wrote %s: %d finished, %d failed.', path, len(recs), len(failed))
+  if failed:
+    sys.exit(f'{len(failed)} row(s) failed: {[s["row"] for s in failed]} (see their logs).')
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('table')
+  app.run(main)

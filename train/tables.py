@@ -1,0 +1,111 @@
+"""Comparison tables: rows as configs plus overrides, and the columns they report.
+
+A table file (`configs/tables/NAME.py`) defines `get_table(preset) -> Table`;
+`python -m train.reproduce` runs its rows and writes the results (train/reproduce.py).
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+PRESETS = ('cpu', 'paper')
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One run of a table.
+
+  Attributes:
+    name: workdir name; rows of any table with the same name and preset share one
+      run, so they must mean the same config (main.py refuses a workdir otherwise).
+    label: the row's text in the table.
+    method: its marker in the plot ('dense', 'CCI dynamic', 'L1 filter', ...).
+    config: a config file with its optional argument, 'configs/x.py:arg'.
+    overrides: `--config.KEY=VALUE` pairs.
+    start_from: the name of the row whose finished workdir is `config.init_from`.
+  """
+  name: str
+  label: str
+  method: str
+  config: str
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  start_from: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+  """A table column: its header and how to read it from a finished row's record."""
+  header: str
+  value: Callable[[Mapping[str, Any]], float | None]
+  fmt: str = '{:.3f}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  name: str
+  title: str
+  notes: str  # Markdown under the title: what the rows are and how to read them.
+  rows: tuple[Row, ...]
+  columns: tuple[Column, ...]
+
+  def __post_init__(self):
+    names = [r.name for r in self.rows]
+    if len(set(names)) != len(names):
+      raise ValueError(f'Table {self.name}: row names repeat: {names}.')
+    for i, row in enumerate(self.rows):
+      if row.start_from and row.start_from not in names[:i]:
+        raise ValueError(f'Table {self.name}: row {row.name} starts from '
+                         f'{row.start_from!r}, which is not an earlier row.')
+
+
+# Column readers over a record: {'summary': summary.json, 'latency_ms': ...,
+# 'dense_latency_ms': the table's first row's latency, 'wall_time_s': ...}.
+
+
+def summary(key: str) -> Callable[[Mapping[str, Any]], float | None]:
+  return lambda r: r['summary'].get(key)
+
+
+def density(r: Mapping[str, Any]) -> float:
+  """Kept weights over the dense model's: the mask density, else the params ratio."""
+  s = r['summary']
+  return s['density'] if 'density' in s else s['params'] / s['params_dense']
+
+
+def macs_millions(r: Mapping[str, Any]) -> float:
+  return r['summary']['macs'] / 1e6
+
+
+def macs_reduction(r: Mapping[str, Any]) -> float:
+  """Dense MACs over this model's (x fewer)."""
+  return r['summary']['macs_dense'] / r['summary']['macs']
+
+
+def projected_speedup(r: Mapping[str, Any]) -> float:
+  """The accelerator model's speedup; a dense compact model's is its MAC reduction."""
+  return r['summary'].get('projected_speedup', macs_reduction(r))
+
+
+def utilisation(r: Mapping[str, Any]) -> float:
+  return r['summary'].get('utilisation', 1.0)
+
+
+def index_bits(r: Mapping[str, Any]) -> float:
+  return r['summary'].get('index_bits', 0)
+
+
+def latency_ms(r: Mapping[str, Any]) -> float | None:
+  return r.get('latency_ms')
+
+
+def latency_speedup(r: Mapping[str, Any]) -> float | None:
+  if r.get('latency_ms') is None or r.get('dense_latency_ms') is None:
+    return None
+  return r['dense_latency_ms'] / r['latency_ms']
+
+
+def wall_minutes(r: Mapping[str, Any]) -> float:
+  return r['wall_time_s'] / 60
+
+
+TOP1 = Column('top-1', summary('top1'))
