@@ -13,8 +13,9 @@ from cci.sparsify import (METHODS, PATTERNS, SparsitySpec, SparsityState, comput
                           find_state, forward_params, sparsify)
 
 __all__ = [
-    'GRANULARITIES', 'KernelDecision', 'cci_mask', 'check_grouping', 'decisions_table',
-    'kept_per_group', 'magnitude_mask', 'select_kernels', 'pack', 'packed_apply', 'unpack', 'cubic_density',
-    'kept_count', 'METHODS', 'PATTERNS', 'SparsitySpec', 'SparsityState', 'compute_masks', 'find_state',
-    'forward_params', 'sparsify', 'spec_for',
+    'GRANULARITIES', 'KernelDecision', 'METHODS', 'PATTERNS', 'SparsitySpec',
+    'SparsityState', 'cci_mask', 'check_grouping', 'compute_masks', 'cubic_density',
+    'decisions_table', 'find_state', 'forward_params', 'kept_count', 'kept_per_group',
+    'magnitude_mask', 'pack', 'packed_apply', 'select_kernels', 'sparsify', 'spec_for',
+    'unpack',
 ]

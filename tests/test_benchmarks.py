@@ -71,10 +71,11 @@ def test_benchmark_smoke(name, capsys):
 
 
 def test_foreign_models_smoke():
-  result = subprocess.run([sys.executable, '-m', 'benchmarks.foreign_models', '--smoke'],
+  # One model keeps the default suite short; tests/foreign covers VGG-style models.
+  result = subprocess.run([sys.executable, '-m', 'benchmarks.foreign_models', '--smoke',
+                           '--models=resnet18'],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  for name in ('resnet18 at 32x32', 'vgg16 at 32x32'):
-    assert name in result.stdout
-  assert result.stdout.count('masked vs compact') == 2
-  assert result.stdout.count('x fewer') == 4 and result.stdout.count('x faster') == 2
+  assert 'resnet18 at 32x32' in result.stdout
+  assert result.stdout.count('masked vs compact') == 1
+  assert result.stdout.count('x fewer') == 2 and result.stdout.count('x faster') == 1

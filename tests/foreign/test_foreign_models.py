@@ -8,6 +8,7 @@ compact model runs through `c2s2.compact_apply`.
 
 import dataclasses
 import functools
+import os
 
 import flax
 import flax.linen as nn
@@ -479,3 +480,30 @@ def _leaf(tree, path):
   for key in path.split('/'):
     tree = tree[key]
   return tree
+
+
+# ------------------------------------------------------------------ README
+
+
+def readme_blocks(section: str) -> list[str]:
+  """The python code blocks of one README section, as written."""
+  text = open(os.path.join(os.path.dirname(__file__), '..', '..', 'README.md')).read()
+  body = text.split(f'## {section}\n', 1)[1].split('\n## ', 1)[0]
+  return [block.split('```', 1)[0] for block in body.split('```python\n')[1:]]
+
+
+def test_the_readme_examples_run_on_a_foreign_model():
+  case = CASES[0]
+  variables, x, _ = setup(case)
+  blocks = readme_blocks('Your own Flax models')
+  assert len(blocks) == 2
+  namespace = {'optax': optax, 'jnp': jnp, 'model': case.model, 'x': x,
+               'params': variables['params'], 'variables': variables, 'num_steps': 10}
+  for block in blocks:
+    exec(block, namespace)  # pylint: disable=exec-used
+  groups = namespace['graph'].prunable()
+  masked = masked_apply(case)(
+      variables, x, {s: namespace['scales'][g.name] for g in groups for s in g.sites},
+      {s: jnp.asarray(namespace['masks'][g.name], jnp.float32) for g in groups
+       for s in g.sites})
+  np.testing.assert_allclose(namespace['logits'], masked, atol=1e-5, rtol=1e-5)
