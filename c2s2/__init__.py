@@ -10,12 +10,14 @@ from c2s2.layer import MODES, PruningLayer, prune_channels, pruning_layers
 from c2s2.selection import (ON_OVER_BUDGET, binarize, cost_weights, decide,
                             proximal_sgd_step, restore, restore_order, round_up,
                             soft_threshold, within_budget)
-from c2s2.surgery import fold_scale, plan, slice_params_like, slice_variables
+from c2s2.surgery import (fold_scale, fold_scales, foldable, plan, slice_params_like,
+                          slice_variables)
 
 __all__ = [
     'MODES', 'ON_OVER_BUDGET', 'ChannelGraph', 'ChannelGroup', 'CompactApplyError',
     'Coupling', 'PruningLayer', 'binarize', 'compact_apply', 'compact_layers',
-    'cost_weights', 'decide', 'fold_scale', 'plan', 'proximal_sgd_step',
+    'cost_weights', 'decide', 'fold_scale', 'fold_scales', 'foldable', 'plan',
+    'proximal_sgd_step',
     'prune_channels', 'pruning_layers', 'restore', 'restore_order', 'round_up',
     'slice_params_like', 'slice_variables', 'soft_threshold', 'trace_channel_graph',
     'within_budget',

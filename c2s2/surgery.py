@@ -59,6 +59,40 @@ def fold_scale(params: Mapping[str, Any], group: ChannelGroup, scale: jax.Array)
   return params
 
 
+def fold_scales(params: Mapping[str, Any], graph: ChannelGraph,
+                scales: Mapping[str, jax.Array],
+                masks: Mapping[str, jax.Array] | None = None) -> dict:
+  """`params` with the pruning layer of each group in `scales` folded into its sites.
+
+  The same function of the parameters and scales as running the model inside
+  `pruning_layers` (real mode, binary where `masks` names the group: the mask a
+  constant), since `(gamma * x_hat + beta) * s = (gamma * s) * x_hat + beta * s` and
+  likewise for a conv's kernel and bias. Computed on parameters, it costs no pass over
+  the activations: the training step of choice where every site folds.
+
+  Args:
+    params: the model's parameters.
+    graph: its channel graph.
+    scales: group name -> scale of its pruning layer.
+    masks: group name -> float or bool mask of the groups in binary mode.
+
+  Raises:
+    ValueError: a site with neither a scale nor a kernel (names it, as `fold_scale`).
+  """
+  masks = masks or {}
+  for name, scale in scales.items():
+    if name in masks:
+      scale = scale * jax.lax.stop_gradient(jnp.asarray(masks[name], scale.dtype))
+    params = fold_scale(params, graph.group(name), scale)
+  return params
+
+
+def foldable(params: Mapping[str, Any], group: ChannelGroup) -> bool:
+  """Whether every site of `group` holds a scale or a kernel to fold into."""
+  return all({'scale', 'kernel'} & set(_leaf(params, tuple(site.split('/'))))
+             for site in group.sites)
+
+
 def plan(graph: ChannelGraph, masks: Mapping[str, np.ndarray], variables: Any) -> Plan:
   """Kept indices of every array axis that loses channels.
 

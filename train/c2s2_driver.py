@@ -10,6 +10,7 @@ run resumes inside a phase. The compact model then goes through the ordinary tra
 loop (the final fine-tune) with `config.init_from` pointing at the selection.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -239,6 +240,19 @@ def _site_arrays(graph, arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return {site: arrays[name] for name in arrays for site in graph.group(name).sites}
 
 
+def augmented(graph, params: Any, scales: dict[str, jax.Array],
+              masks: dict[str, jax.Array] | None) -> tuple[Any, Any]:
+  """Params and a context that run the model with the unit's pruning layers.
+
+  Folded into the sites' parameters where every site has a scale or kernel (no pass
+  over the activations), else inserted by interception; the same function either way.
+  """
+  if all(surgery.foldable(params, graph.group(name)) for name in scales):
+    return surgery.fold_scales(params, graph, scales, masks), contextlib.nullcontext()
+  return params, layer.pruning_layers(_site_arrays(graph, scales),
+                                      masks and _site_arrays(graph, masks))
+
+
 def make_train_step(setup: Setup, model: Any, graph, phase: str, lambdas: dict[str, float]):
   """The jitted step of `phase` for the unit whose scales the state holds."""
   cp, mean, std = setup.config.channel_pruning, setup.dataset.mean, setup.dataset.std
@@ -246,10 +260,11 @@ def make_train_step(setup: Setup, model: Any, graph, phase: str, lambdas: dict[s
 
   def loss_fn(params, scales, state, batch):
     images = steps.normalize(batch['image'], mean, std, model.dtype)
-    masks = _site_arrays(graph, state.masks) if phase == 'phase2' else None
-    with layer.pruning_layers(_site_arrays(graph, scales), masks):
+    masks = state.masks if phase == 'phase2' else None
+    forward, context = augmented(graph, params, scales, masks)
+    with context:
       logits, updates = model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+          {'params': forward, 'batch_stats': state.batch_stats}, images, train=True,
           mutable=['batch_stats'])
     loss = steps.cross_entropy(logits, batch['label']).mean()
     return loss, (logits, updates['batch_stats'])
@@ -297,9 +312,10 @@ def make_eval_step(setup: Setup, model: Any, graph, binary: bool):
 
   def step(state: SelectionState, batch):
     images = steps.normalize(batch['image'], mean, std, model.dtype)
-    masks = _site_arrays(graph, state.masks) if binary else None
-    with layer.pruning_layers(_site_arrays(graph, state.scales), masks):
-      logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+    forward, context = augmented(graph, state.params, state.scales,
+                                 state.masks if binary else None)
+    with context:
+      logits = model.apply({'params': forward, 'batch_stats': state.batch_stats},
                            images, train=False)
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
     loss = steps.cross_entropy(logits, batch['label'])

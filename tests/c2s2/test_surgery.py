@@ -1,5 +1,6 @@
 """Surgery: the physically pruned model computes what the masked model computes."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +145,61 @@ def test_plan_refuses_bad_masks():
   mask[0] = False
   with pytest.raises(ValueError, match='cannot lose channels'):
     surgery.plan(graph, {stream.name: mask}, variables)
+
+
+class _BiasConvNet(nn.Module):
+  """A conv with bias and no norm (a kernel site), then conv + batch norm (a norm site)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.Conv(6, (3, 3))(x))
+    x = nn.relu(nn.BatchNorm(not train)(nn.Conv(8, (3, 3), use_bias=False)(x)))
+    return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+@pytest.mark.parametrize('binary', [False, True])
+def test_folded_pruning_layers_equal_intercepted_ones(binary):
+  """Values and gradients (params, scales) of the driver's folded forward, train mode."""
+  model = _BiasConvNet()
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  variables = model.init(jax.random.key(1), x)
+  graph = trace_channel_graph(lambda v, x: model.apply(v, x), variables, x)
+  names = [g.name for g in graph.prunable()]
+  assert len(names) == 2 and all(surgery.foldable(variables['params'], graph.group(n))
+                                 for n in names)
+  masks, scales = _random_pruning(graph, names, seed=3)
+  masks = {n: jnp.asarray(m, jnp.float32) for n, m in masks.items()} if binary else None
+
+  def intercepted(params, scales):
+    site = lambda t: {s: t[n] for n in names for s in graph.group(n).sites}
+    with layer.pruning_layers(site(scales), masks and site(masks)):
+      out, _ = model.apply({**variables, 'params': params}, x, train=True,
+                           mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(out))
+
+  def folded(params, scales):
+    forward = surgery.fold_scales(params, graph, scales, masks)
+    out, _ = model.apply({**variables, 'params': forward}, x, train=True,
+                         mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(out))
+
+  expected = jax.value_and_grad(intercepted, argnums=(0, 1))(variables['params'], scales)
+  actual = jax.value_and_grad(folded, argnums=(0, 1))(variables['params'], scales)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               actual, expected)
+  if binary:  # Pruned channels' scales get no gradient.
+    for n in names:
+      assert np.all(np.asarray(actual[1][1][n])[np.asarray(masks[n]) == 0] == 0)
+
+
+def test_fold_scales_names_a_site_it_cannot_fold():
+  model = _BiasConvNet()
+  x = jnp.ones((1, 6, 6, 3))
+  variables = model.init(jax.random.key(1), x)
+  graph = trace_channel_graph(lambda v, x: model.apply(v, x), variables, x)
+  group = graph.prunable()[1]
+  params = jax.tree.map(lambda v: v, variables['params'])
+  del params[group.sites[0]]['scale']
+  assert not surgery.foldable(params, group)
+  with pytest.raises(ValueError, match=group.sites[0]):
+    surgery.fold_scales(params, graph, {group.name: jnp.ones(group.size)})
