@@ -236,6 +236,7 @@ def test_cci_killed_as_a_checkpoint_write_begins(env, cci_reference, tmp_path):
   assert_same_result(cci_reference, run.workdir)  # Masks live in the optimiser state.
 
 
+@pytest.mark.slow  # ~70 s; the default suite resumes C2S2 mid-phase in test_c2s2_driver.
 def test_c2s2_killed_inside_a_phase_resumes_inside_it(env, dense_reference,
                                                       c2s2_reference, tmp_path):
   run = Runner(env, tmp_path / 'run', C2S2, f'--config.init_from={dense_reference}')
