@@ -111,18 +111,26 @@ def finished(workdir: str) -> bool:
 
 
 def run_row(args: list[str], workdir: str, log_path: str) -> tuple[bool, str]:
-  """Runs one row to its end; returns (succeeded, the log's last lines if not)."""
+  """Runs one row to its end; returns (succeeded, the log's last lines if not).
+
+  Every attempt, also one the harness is stopped in (exit code null), is appended to
+  the workdir's attempts file: their seconds sum to the row's wall time.
+  """
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
-  start = time.time()
-  with open(log_path, 'a') as log:
-    log.write(f'\n$ {" ".join(args)}\n')
-    log.flush()
-    code = subprocess.run(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-  attempts_path = os.path.join(workdir, ATTEMPTS_FILE)
-  if os.path.isdir(workdir):
-    attempts = workdir_lib.read_json(attempts_path) if os.path.exists(attempts_path) else []
-    workdir_lib.write_json(attempts_path, attempts + [
-        {'seconds': time.time() - start, 'exit_code': code, 'ended': time.ctime()}])
+  start, code = time.time(), None
+  try:
+    with open(log_path, 'a') as log:
+      log.write(f'\n$ {" ".join(args)}\n')
+      log.flush()
+      code = subprocess.run(args, cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT).returncode
+  finally:
+    attempts_path = os.path.join(workdir, ATTEMPTS_FILE)
+    if os.path.isdir(workdir):
+      attempts = (workdir_lib.read_json(attempts_path) if os.path.exists(attempts_path)
+                  else [])
+      workdir_lib.write_json(attempts_path, attempts + [
+          {'seconds': time.time() - start, 'exit_code': code, 'ended': time.ctime()}])
   if code == 0 and finished(workdir):
     return True, ''
   with open(log_path) as f:

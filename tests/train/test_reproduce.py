@@ -90,3 +90,18 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
   assert not (tmp_path / 'runs' / 'cpu' / 'dense').exists()
   text = (results / 'tiny.md').read_text()
   assert '| dense |' in text and '| L1 filter |' in text
+
+
+def test_an_interrupted_attempt_still_counts_toward_the_wall_time(tmp_path, monkeypatch):
+  workdir = tmp_path / 'row'
+  workdir.mkdir()
+
+  def stopped(*args, **kwargs):
+    raise KeyboardInterrupt  # What SIGTERM becomes in the harness.
+
+  monkeypatch.setattr(reproduce.subprocess, 'run', stopped)
+  with pytest.raises(KeyboardInterrupt):
+    reproduce.run_row(['main.py'], str(workdir), str(tmp_path / 'row.log'))
+  attempts = json.loads((workdir / reproduce.ATTEMPTS_FILE).read_text())
+  assert len(attempts) == 1 and attempts[0]['exit_code'] is None
+  assert attempts[0]['seconds'] >= 0
