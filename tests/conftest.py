@@ -2,12 +2,19 @@
 
 Many tests compile the same small models' steps (and subprocess tests run main.py):
 the cache lets every later compilation of an identical program load it instead.
+With `CI` set (.ci/run), hypothesis draws the same examples every run, so CI checks
+exactly what a local `CI=1 python -m pytest -q` checked.
 """
 
 import os
 import tempfile
 
+import hypothesis
 import jax
+
+hypothesis.settings.register_profile('ci', derandomize=True)
+if os.environ.get('CI'):
+  hypothesis.settings.load_profile('ci')
 
 
 def pytest_configure(config):
