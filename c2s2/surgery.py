@@ -47,14 +47,14 @@ def fold_scale(params: Mapping[str, Any], group: ChannelGroup, scale: jax.Array)
     path = tuple(site.split('/'))
     layer = dict(_leaf(params, path))
     if 'scale' in layer:
-      layer['scale'] = layer['scale'] * scale
+      layer['scale'] = layer['scale'] * scale.astype(layer['scale'].dtype)
     elif 'kernel' in layer:
-      layer['kernel'] = layer['kernel'] * scale
+      layer['kernel'] = layer['kernel'] * scale.astype(layer['kernel'].dtype)
     else:
       raise ValueError(f'Cannot fold the pruning layer of {group.name} into {site}: it '
                        f'has neither a scale nor a kernel (params {sorted(layer)}).')
     if 'bias' in layer:
-      layer['bias'] = layer['bias'] * scale
+      layer['bias'] = layer['bias'] * scale.astype(layer['bias'].dtype)
     params = _replace(params, path, layer)
   return params
 
@@ -89,8 +89,13 @@ def fold_scales(params: Mapping[str, Any], graph: ChannelGraph,
 
 def foldable(params: Mapping[str, Any], group: ChannelGroup) -> bool:
   """Whether every site of `group` holds a scale or a kernel to fold into."""
-  return all({'scale', 'kernel'} & set(_leaf(params, tuple(site.split('/'))))
-             for site in group.sites)
+  def holds(site: str) -> bool:
+    try:
+      return bool({'scale', 'kernel'} & set(_leaf(params, tuple(site.split('/')))))
+    except KeyError:  # A norm without parameters (use_scale=use_bias=False).
+      return False
+
+  return all(holds(site) for site in group.sites)
 
 
 def plan(graph: ChannelGraph, masks: Mapping[str, np.ndarray], variables: Any) -> Plan:

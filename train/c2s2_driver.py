@@ -10,7 +10,6 @@ run resumes inside a phase. The compact model then goes through the ordinary tra
 loop (the final fine-tune) with `config.init_from` pointing at the selection.
 """
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -27,7 +26,7 @@ import optax
 from absl import logging
 
 from c2s2 import graph as graph_lib
-from c2s2 import layer, selection, surgery
+from c2s2 import selection, surgery
 from train import checkpoints, data, experiment, metrics, models, optim, steps
 from train import workdir as workdir_lib
 from train.models import stats
@@ -210,6 +209,13 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   model = build_model(config, dataset.num_classes, widths)
   graph = trace_graph(model, dataset.image_shape)
   names = candidate_groups(graph, cp)
+  params = abstract_variables(model, dataset.image_shape)['params']
+  unfoldable = [n for n in names if not surgery.foldable(params, graph.group(n))]
+  if unfoldable:
+    raise ValueError(
+        f'C2S2 cannot fold a pruning layer into every site of {unfoldable} (a site '
+        'needs a norm scale or a conv/dense kernel to carry the kept scales after '
+        'surgery); leave them out with config.channel_pruning.exclude.')
   check_target(config, dataset.num_classes, dataset.image_shape, graph, names)
   weights = {n: 1.0 for n in names}
   if cp.cost_weighting:
@@ -236,21 +242,15 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
       lambdas={n: cp.lambda_l1 * w for n, w in weights.items()})
 
 
-def _site_arrays(graph, arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  return {site: arrays[name] for name in arrays for site in graph.group(name).sites}
-
-
 def augmented(graph, params: Any, scales: dict[str, jax.Array],
-              masks: dict[str, jax.Array] | None) -> tuple[Any, Any]:
-  """Params and a context that run the model with the unit's pruning layers.
+              masks: dict[str, jax.Array] | None) -> Any:
+  """Params that run the model as if the unit's pruning layers followed their sites.
 
-  Folded into the sites' parameters where every site has a scale or kernel (no pass
-  over the activations), else inserted by interception; the same function either way.
+  Folded into the sites' parameters (`c2s2.fold_scales`: the same function as
+  `c2s2.pruning_layers`, with no pass over the activations); `make_setup` has checked
+  that every candidate group folds.
   """
-  if all(surgery.foldable(params, graph.group(name)) for name in scales):
-    return surgery.fold_scales(params, graph, scales, masks), contextlib.nullcontext()
-  return params, layer.pruning_layers(_site_arrays(graph, scales),
-                                      masks and _site_arrays(graph, masks))
+  return surgery.fold_scales(params, graph, scales, masks)
 
 
 def make_train_step(setup: Setup, model: Any, graph, phase: str, lambdas: dict[str, float]):
@@ -261,11 +261,10 @@ def make_train_step(setup: Setup, model: Any, graph, phase: str, lambdas: dict[s
   def loss_fn(params, scales, state, batch):
     images = steps.normalize(batch['image'], mean, std, model.dtype)
     masks = state.masks if phase == 'phase2' else None
-    forward, context = augmented(graph, params, scales, masks)
-    with context:
-      logits, updates = model.apply(
-          {'params': forward, 'batch_stats': state.batch_stats}, images, train=True,
-          mutable=['batch_stats'])
+    forward = augmented(graph, params, scales, masks)
+    logits, updates = model.apply(
+        {'params': forward, 'batch_stats': state.batch_stats}, images, train=True,
+        mutable=['batch_stats'])
     loss = steps.cross_entropy(logits, batch['label']).mean()
     return loss, (logits, updates['batch_stats'])
 
@@ -312,11 +311,10 @@ def make_eval_step(setup: Setup, model: Any, graph, binary: bool):
 
   def step(state: SelectionState, batch):
     images = steps.normalize(batch['image'], mean, std, model.dtype)
-    forward, context = augmented(graph, state.params, state.scales,
-                                 state.masks if binary else None)
-    with context:
-      logits = model.apply({'params': forward, 'batch_stats': state.batch_stats},
-                           images, train=False)
+    forward = augmented(graph, state.params, state.scales,
+                        state.masks if binary else None)
+    logits = model.apply({'params': forward, 'batch_stats': state.batch_stats},
+                         images, train=False)
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
     loss = steps.cross_entropy(logits, batch['label'])
     return {'loss_sum': jnp.sum(loss * batch['mask']),

@@ -204,3 +204,5 @@ def test_fold_scales_names_a_site_it_cannot_fold():
   assert not surgery.foldable(params, group)
   with pytest.raises(ValueError, match=group.sites[0]):
     surgery.fold_scales(params, graph, {group.name: jnp.ones(group.size)})
+  del params[group.sites[0]]  # A norm without parameters at all.
+  assert not surgery.foldable(params, group)

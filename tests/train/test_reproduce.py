@@ -97,7 +97,7 @@ def test_an_interrupted_attempt_still_counts_toward_the_wall_time(tmp_path, monk
   workdir.mkdir()
 
   def stopped(*args, **kwargs):
-    raise KeyboardInterrupt  # What SIGTERM becomes in the harness.
+    raise KeyboardInterrupt  # Ctrl-C; SIGTERM raises SystemExit the same way.
 
   monkeypatch.setattr(reproduce.subprocess, 'run', stopped)
   with pytest.raises(KeyboardInterrupt):
