@@ -6,7 +6,7 @@ carry them with no extra code. The forward pass uses `forward_params(params,
 opt_state)`. Two lines in any training loop:
 
     tx = cci.sparsify(tx, cci.SparsitySpec(...))
-    logits = model.apply({'params': cci.forward_params(params, opt_state)}, x)
+    logits = model.apply({'params': cci.forward_params(params, opt_state, spec)}, x)
 
 Methods (METHODS.md 1.2):
   oneshot  the mask is computed once from the initial (pre-trained) weights and
@@ -15,9 +15,10 @@ Methods (METHODS.md 1.2):
            `begin_step` and `end_step`; the mask is recomputed every `update_every`
            steps and pruned weights are zeroed.
   dynamic  dense latent weights; the forward pass uses w * mask(w), with the mask
-           recomputed every step; the gradient passes straight through to every
-           latent weight, plus the SR-STE refinement `refinement * (1 - m) * w`;
-           from `freeze_step` on the mask is fixed and pruned weights are zero.
+           recomputed every step; the gradient of `forward_params` passes straight
+           through to every latent weight, plus the SR-STE refinement
+           `refinement * (1 - m) * w`; from `freeze_step` on the mask is fixed and
+           pruned weights are zero.
 
 Patterns: `cci` (exactly k of every group of g) or `unstructured`, the baseline of
 METHODS.md section 3: each chosen kernel keeps its largest |w| at density k/g
@@ -25,6 +26,7 @@ METHODS.md section 3: each chosen kernel keeps its largest |w| at density k/g
 """
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -153,29 +155,33 @@ def sparsify(tx: optax.GradientTransformation,
     masks = compute_masks(params, spec, step)
     return SparsityState(tx.init(params), masks, step)
 
-  def update(grads, state: SparsityState, params=None):
-    if params is None:
-      raise ValueError('cci.sparsify needs params in update().')
-    frozen = _frozen(spec, state.step)
-    if spec.method == 'dynamic':
-      # Straight-through gradients reach every latent weight; SR-STE pulls the
-      # pruned ones towards zero. Once frozen, pruned weights get no gradient.
-      grads = jax.tree.map(
-          lambda g, w, m: jnp.where(frozen, g * m, g + spec.refinement * (~m) * w),
-          grads, params, state.masks)
-    updates, inner = tx.update(grads, state.inner, params)
+  def _recomputed_masks(params, updates, masks, step):
     new_params = optax.apply_updates(params, updates)
-    step = state.step + 1
     # gradual never revives a pruned weight (Zhu & Gupta): rank only the kept ones,
     # not momentum residue on pruned ones. dynamic lets any latent weight compete.
     ranked = new_params if spec.method == 'dynamic' else jax.tree.map(
-        jnp.multiply, new_params, state.masks)
-    fresh = compute_masks(ranked, spec, step)
-    change = _mask_changes(spec, step)
-    masks = jax.tree.map(lambda f, m: jnp.where(change, f, m), fresh, state.masks)
+        jnp.multiply, new_params, masks)
+    return compute_masks(ranked, spec, step)
+
+  def update(grads, state: SparsityState, params=None):
+    if params is None:
+      raise ValueError('cci.sparsify needs params in update().')
+    updates, inner = tx.update(grads, state.inner, params)
+    step = state.step + 1
+    masks, change = state.masks, _mask_changes(spec, step)
+    if spec.method == 'dynamic':
+      # Recomputed on nearly every step: a `cond` would make XLA materialise the
+      # updates for it (measured slower); the ranking fuses with the update instead.
+      masks = jax.tree.map(lambda f, m: jnp.where(change, f, m),
+                           _recomputed_masks(params, updates, masks, step), masks)
+    elif spec.method == 'gradual':  # Every `update_every` steps: skip the ranking.
+      masks = jax.lax.cond(change, lambda: _recomputed_masks(params, updates, masks, step),
+                           lambda: masks)
+    # Where the mask holds, pruned weights become exactly zero (w + -w); kept ones
+    # take the inner update as they would without the wrapper.
     zero = _frozen(spec, step)
-    sparse = jax.tree.map(lambda w, m: jnp.where(zero, w * m, w), new_params, masks)
-    updates = jax.tree.map(jnp.subtract, sparse, params)
+    updates = jax.tree.map(lambda u, w, m: jnp.where(zero & ~m, -w, u), updates, params,
+                           masks)
     return updates, SparsityState(inner, masks, step)
 
   return optax.GradientTransformation(init, update)
@@ -192,16 +198,42 @@ def find_state(opt_state: Any) -> SparsityState:
   return found[0]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _sparse_refined(weights: jax.Array, mask: jax.Array, frozen: jax.Array,
+                    refinement: float) -> jax.Array:
+  """`weights * mask` with the gradient of METHODS.md 1.2's `dynamic`.
+
+  Until `frozen` the gradient passes straight through to every latent weight, plus
+  SR-STE's `refinement * (1 - mask) * weights`; once frozen pruned weights get none.
+  One pass forward and one backward over the weights.
+  """
+  return weights * mask
+
+
+def _sparse_refined_fwd(weights, mask, frozen, refinement):
+  return weights * mask, (weights, mask, frozen)
+
+
+def _sparse_refined_bwd(refinement, residuals, cotangent):
+  weights, mask, frozen = residuals
+  refined = cotangent + (refinement * ~mask * weights).astype(cotangent.dtype)
+  return jnp.where(frozen, cotangent * mask, refined), None, None
+
+
+_sparse_refined.defvjp(_sparse_refined_fwd, _sparse_refined_bwd)
+
+
 def forward_params(params: Any, opt_state: Any, spec: SparsitySpec) -> Any:
-  """The weights the forward pass uses: w * mask, straight-through while dynamic."""
+  """The weights the forward pass uses: w * mask.
+
+  For `dynamic` their gradient is straight-through with SR-STE's refinement until the
+  mask is frozen (`tx.update` then needs no gradient rewrite of its own).
+  """
   state = find_state(opt_state)
+  if spec.method != 'dynamic':
+    return jax.tree.map(jnp.multiply, params, state.masks)
   frozen = _frozen(spec, state.step)
-
-  def sparse(w, m):
-    masked = w * m
-    if spec.method != 'dynamic':
-      return masked
-    straight_through = w + jax.lax.stop_gradient(masked - w)
-    return jnp.where(frozen, masked, straight_through)
-
-  return jax.tree.map(sparse, params, state.masks)
+  # A scalar mask stands for an ungrouped leaf (always True).
+  return jax.tree.map(
+      lambda w, m: w if m.ndim == 0 else _sparse_refined(w, m, frozen, spec.refinement),
+      params, state.masks)

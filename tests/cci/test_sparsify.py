@@ -87,6 +87,37 @@ class TinyNet(nn.Module):
     return nn.Dense(3, name='head')(x.mean((1, 2)))
 
 
+@pytest.mark.parametrize('jit', [False, True])
+@pytest.mark.parametrize('step', [0, 2, 3, 5])  # Before, into, at and after the freeze.
+def test_dynamic_gradient_and_update_follow_their_definition(step, jit):
+  s = spec('dynamic', freeze_step=3, refinement=0.1)
+  tx = cci.sparsify(optax.sgd(0.5), s)
+  state = tx.init(PARAMS)._replace(step=jnp.asarray(step, jnp.int32))
+  w, mask = PARAMS['conv']['kernel'], cci.find_state(state).masks['conv']['kernel']
+  g = jax.random.normal(jax.random.key(2), w.shape)
+  frozen, next_frozen = step >= 3, step + 1 >= 3
+  # METHODS.md 1.2 written out: straight-through + SR-STE until frozen, then masked.
+  expected_grad = g * mask if frozen else g + 0.1 * ~mask * w
+  latent = w - 0.5 * expected_grad
+  expected_mask = cci.cci_mask(latent, 8, 2) if step + 1 <= 3 else mask
+  expected = latent * expected_mask if next_frozen else latent
+
+  def train_step(params, state):
+    grads = jax.grad(lambda p: jnp.sum(
+        g * cci.forward_params(p, state, s)['conv']['kernel']))(params)
+    updates, state = tx.update(grads, state, params)
+    return grads, optax.apply_updates(params, updates), state
+
+  grads, params, new_state = (jax.jit(train_step) if jit else train_step)(PARAMS, state)
+  np.testing.assert_allclose(grads['conv']['kernel'], expected_grad, rtol=1e-6)
+  np.testing.assert_array_equal(new_state.masks['conv']['kernel'], expected_mask)
+  np.testing.assert_allclose(params['conv']['kernel'], expected, rtol=1e-6, atol=1e-7)
+  assert not next_frozen or np.all(np.asarray(params['conv']['kernel'])[~expected_mask]
+                                   == 0)
+  np.testing.assert_array_equal(cci.forward_params(PARAMS, state, s)['conv']['kernel'],
+                                w * mask)
+
+
 def test_packed_forward_equals_masked_dense_forward():
   model = TinyNet()
   x = jax.random.normal(jax.random.key(2), (2, 9, 9, 8))
