@@ -77,17 +77,16 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
                             conv_impl=config.model.conv_impl)
 
 
-def abstract_variables(model: Any, image_shape: tuple[int, ...]) -> Any:
-  return jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, *image_shape), model.dtype), train=False))
-
-
-def trace_graph(model: Any, image_shape: tuple[int, ...]) -> graph_lib.ChannelGraph:
+def trace_graph(model: Any, image_shape: tuple[int, ...],
+                variables: Any = None) -> graph_lib.ChannelGraph:
+  """The channel graph of `model` (`variables`: its abstract variables, if at hand)."""
+  if variables is None:
+    variables = experiment.abstract_variables(model, image_shape)
   if hasattr(model, 'conv_impl'):  # Same parameters; the graph reads plain convs.
     model = model.clone(conv_impl='xla')
   return graph_lib.trace_channel_graph(
-      lambda v, x: model.apply(v, x, train=False),
-      abstract_variables(model, image_shape), jnp.zeros((1, *image_shape), model.dtype))
+      lambda v, x: model.apply(v, x, train=False), variables,
+      jnp.zeros((1, *image_shape), model.dtype))
 
 
 def candidate_groups(graph: graph_lib.ChannelGraph,
@@ -132,7 +131,7 @@ def candidate_groups(graph: graph_lib.ChannelGraph,
 def model_macs(config, num_classes, widths, image_shape) -> int:
   model = build_model(config, num_classes, widths)
   return stats.total_macs(stats.layer_stats(
-      model, abstract_variables(model, image_shape), (1, *image_shape)))
+      model, experiment.abstract_variables(model, image_shape), (1, *image_shape)))
 
 
 def _with_width(widths: dict[str, int], group: graph_lib.ChannelGroup,
@@ -207,9 +206,10 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
                                  config.model.shortcut)
   widths.update(models.load_widths(config.model.widths))
   model = build_model(config, dataset.num_classes, widths)
-  graph = trace_graph(model, dataset.image_shape)
+  variables = experiment.abstract_variables(model, dataset.image_shape)
+  graph = trace_graph(model, dataset.image_shape, variables)
   names = candidate_groups(graph, cp)
-  params = abstract_variables(model, dataset.image_shape)['params']
+  params = variables['params']
   unfoldable = [n for n in names if not surgery.foldable(params, graph.group(n))]
   if unfoldable:
     raise ValueError(
@@ -242,17 +242,6 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
       lambdas={n: cp.lambda_l1 * w for n, w in weights.items()})
 
 
-def augmented(graph, params: Any, scales: dict[str, jax.Array],
-              masks: dict[str, jax.Array] | None) -> Any:
-  """Params that run the model as if the unit's pruning layers followed their sites.
-
-  Folded into the sites' parameters (`c2s2.fold_scales`: the same function as
-  `c2s2.pruning_layers`, with no pass over the activations); `make_setup` has checked
-  that every candidate group folds.
-  """
-  return surgery.fold_scales(params, graph, scales, masks)
-
-
 def make_train_step(setup: Setup, model: Any, graph, phase: str, lambdas: dict[str, float]):
   """The jitted step of `phase` for the unit whose scales the state holds."""
   cp, mean, std = setup.config.channel_pruning, setup.dataset.mean, setup.dataset.std
@@ -261,7 +250,10 @@ def make_train_step(setup: Setup, model: Any, graph, phase: str, lambdas: dict[s
   def loss_fn(params, scales, state, batch):
     images = steps.normalize(batch['image'], mean, std, model.dtype)
     masks = state.masks if phase == 'phase2' else None
-    forward = augmented(graph, params, scales, masks)
+    # The unit's pruning layers folded into their sites' parameters: the function of
+    # `c2s2.pruning_layers` without a pass over the activations (`make_setup` checked
+    # that every candidate group folds).
+    forward = surgery.fold_scales(params, graph, scales, masks)
     logits, updates = model.apply(
         {'params': forward, 'batch_stats': state.batch_stats}, images, train=True,
         mutable=['batch_stats'])
@@ -311,8 +303,9 @@ def make_eval_step(setup: Setup, model: Any, graph, binary: bool):
 
   def step(state: SelectionState, batch):
     images = steps.normalize(batch['image'], mean, std, model.dtype)
-    forward = augmented(graph, state.params, state.scales,
-                        state.masks if binary else None)
+    forward = surgery.fold_scales(graph=graph, params=state.params,
+                                  scales=state.scales,
+                                  masks=state.masks if binary else None)
     logits = model.apply({'params': forward, 'batch_stats': state.batch_stats},
                          images, train=False)
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
@@ -392,7 +385,7 @@ class Driver:
 
   def _abstract(self, pos) -> SelectionState:
     model, graph = self._model(pos['widths'])
-    variables = abstract_variables(model, self.setup.dataset.image_shape)
+    variables = experiment.abstract_variables(model, self.setup.dataset.image_shape)
 
     def make():
       state = initial_state(variables, self.setup.tx)
@@ -407,8 +400,8 @@ class Driver:
     """Position and state at the beginning: the pre-trained model and its reference."""
     variables = checkpoints.load_variables(
         self.config.init_from,
-        abstract_variables(self._model(self.setup.original_widths)[0],
-                           self.setup.dataset.image_shape))
+        experiment.abstract_variables(self._model(self.setup.original_widths)[0],
+                                      self.setup.dataset.image_shape))
     state = jax.device_put(initial_state(variables, self.setup.tx),
                            steps.replicated(self.setup.mesh))
     model, graph = self._model(self.setup.original_widths)

@@ -89,10 +89,10 @@ def _compact(config: ml_collections.ConfigDict) -> tuple[dict, dict[str, Any]]:
                                  config.model.shortcut)
   widths.update(models.load_widths(config.model.widths))
   model = c2s2_driver.build_model(config, dataset.num_classes, widths)
-  graph = c2s2_driver.trace_graph(model, dataset.image_shape)
+  abstract = experiment.abstract_variables(model, dataset.image_shape)
+  graph = c2s2_driver.trace_graph(model, dataset.image_shape, abstract)
   names = c2s2_driver.candidate_groups(graph, cp)
-  variables = checkpoints.load_variables(
-      config.init_from, c2s2_driver.abstract_variables(model, dataset.image_shape))
+  variables = checkpoints.load_variables(config.init_from, abstract)
   importance = importance_of(cp.method, variables['params'], graph, names)
   full = c2s2_driver.model_macs(config, dataset.num_classes, widths, dataset.image_shape)
 

@@ -89,7 +89,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   per_epoch = data.steps_per_epoch(len(dataset.train), config.batch_size)
   total = optim.num_train_steps(config, per_epoch)
   schedule = optim.make_schedule(config.optimizer, total, per_epoch)
-  variables = _abstract_variables(model, dataset.image_shape)
+  variables = abstract_variables(model, dataset.image_shape)
   method = methods.build(config, optim.make_optimizer(config.optimizer, schedule),
                          variables['params'], total)
   return Experiment(
@@ -103,7 +103,8 @@ def _init_variables(model: Any, image_shape: tuple[int, ...], seed: int) -> Any:
                     train=False)
 
 
-def _abstract_variables(model: Any, image_shape: tuple[int, ...]) -> Any:
+def abstract_variables(model: Any, image_shape: tuple[int, ...]) -> Any:
+  """Shapes and dtypes of the variables of `model` on images of `image_shape`."""
   return jax.eval_shape(lambda: _init_variables(model, image_shape, 0))
 
 
@@ -155,7 +156,7 @@ def model_size(exp: Experiment) -> dict[str, int]:
   sizes = {}
   for key, model, variables in (
       ('', exp.model, exp.variables),
-      ('_dense', dense_model, _abstract_variables(dense_model, exp.dataset.image_shape))):
+      ('_dense', dense_model, abstract_variables(dense_model, exp.dataset.image_shape))):
     sizes['params' + key] = stats.count_params(variables['params'])
     sizes['macs' + key] = stats.total_macs(stats.layer_stats(model, variables, shape))
   return sizes

@@ -8,7 +8,8 @@ import pytest
 import c2s2
 from c2s2 import surgery
 from tests.train.test_loop import tiny_config
-from train import c2s2_driver, channel_baselines, checkpoints, data, loop, models
+from train import c2s2_driver, channel_baselines, checkpoints, data, experiment, loop
+from train import models
 
 
 def baseline_config(init_from, method, **channel_pruning):
@@ -28,7 +29,7 @@ def test_masked_and_physically_pruned_models_agree(tiny_dense_workdir):
   graph = c2s2_driver.trace_graph(model, dataset.image_shape)
   names = c2s2_driver.candidate_groups(graph, config.channel_pruning)
   variables = checkpoints.load_variables(
-      tiny_dense_workdir, c2s2_driver.abstract_variables(model, dataset.image_shape))
+      tiny_dense_workdir, experiment.abstract_variables(model, dataset.image_shape))
   importance = channel_baselines.importance_of('l1_filter', variables['params'], graph, names)
   masks = channel_baselines.masks_at('l1_filter', importance, 0.5, 2, 1)
   compact = surgery.slice_variables(variables, surgery.plan(graph, masks, variables))
