@@ -28,15 +28,17 @@ print(json.dumps({'devices': jax.device_count(), 'loss': summary['loss'],
                   'kernel': np.asarray(state.params['head']['kernel']).tolist()}))
 """
 
-# Five phase-1 steps of C2S2 selection on the first unit, from a short dense run.
+# Five phase-1 steps of C2S2 selection on the first unit, from a short dense run (made
+# by the first call, on its number of devices, and shared).
 C2S2_SCRIPT = """
-import json, sys
+import json, os, sys
 import jax, numpy as np
 from configs import c2s2_schedules
 from tests.train.test_loop import tiny_config
-from train import c2s2_driver, checkpoints, data, loop, steps
-dense = sys.argv[1] + '/dense'
-loop.train_and_evaluate(tiny_config(), dense)
+from train import c2s2_driver, checkpoints, data, experiment, loop, steps
+dense = os.path.join(os.path.dirname(sys.argv[1]), 'dense')
+if not os.path.exists(dense):
+  loop.train_and_evaluate(tiny_config(), dense)
 config = tiny_config()
 c2s2_schedules.apply(config, dense)
 config.channel_pruning.lambda_l1 = 2.0
@@ -44,7 +46,7 @@ setup = c2s2_driver.make_setup(config)
 model = c2s2_driver.build_model(config, setup.dataset.num_classes, setup.original_widths)
 graph = c2s2_driver.trace_graph(model, setup.dataset.image_shape)
 variables = checkpoints.load_variables(
-    dense, c2s2_driver.abstract_variables(model, setup.dataset.image_shape))
+    dense, experiment.abstract_variables(model, setup.dataset.image_shape))
 state = jax.device_put(c2s2_driver.initial_state(variables, setup.tx),
                        steps.replicated(setup.mesh))
 state = c2s2_driver.with_unit(state, graph, setup.units[0])

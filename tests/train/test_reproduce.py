@@ -72,7 +72,8 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
     rows = list(csv.DictReader(f))
   assert [r['row'] for r in rows] == ['dense', 'l1']
   assert float(rows[1]['MACs reduction']) > 1.0
-  record = json.loads((results / 'tiny.json').read_text())['rows'][1]
+  first_json = (results / 'tiny.json').read_text()
+  record = json.loads(first_json)['rows'][1]
   assert record['config']['channel_pruning']['method'] == 'l1_filter'
   assert record['config']['init_from'].endswith(os.path.join('cpu', 'dense'))
   assert record['revision'] and record['hardware']['devices'] >= 1
@@ -83,6 +84,10 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
   second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
   assert second.returncode != 0
   assert len(json.loads(attempts.read_text())) == 1
+  # Nothing ran, so the rows keep the latencies timed side by side the first time.
+  again = json.loads((results / 'tiny.json').read_text())['rows']
+  assert [r['latency_ms'] for r in again] == [
+      r['latency_ms'] for r in json.loads(first_json)['rows']]
   # Without the workdirs, the recorded rows stand and nothing is rerun for them.
   shutil.rmtree(tmp_path / 'runs')
   third = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
