@@ -68,7 +68,10 @@ def fold_scales(params: Mapping[str, Any], graph: ChannelGraph,
   `pruning_layers` (real mode, binary where `masks` names the group: the mask a
   constant), since `(gamma * x_hat + beta) * s = (gamma * s) * x_hat + beta * s` and
   likewise for a conv's kernel and bias. Computed on parameters, it costs no pass over
-  the activations: the training step of choice where every site folds.
+  the activations: the training step of choice where every site folds. It assumes each
+  site's output is linear in its `scale`/`kernel` and `bias`, as for flax's norms, Conv
+  and Dense; a custom norm computing `x * (1 + scale)` does not fold this way (run it
+  inside `pruning_layers` instead).
 
   Args:
     params: the model's parameters.
