@@ -3,7 +3,7 @@
 `sparsify(tx, spec)` wraps any optax optimiser; the masks, the step and the inner
 state are one pytree in the optimiser state, so checkpoints, resume and sharding
 carry them with no extra code. The forward pass uses `forward_params(params,
-opt_state)`. Two lines in any training loop:
+opt_state, spec)`. Two lines in any training loop:
 
     tx = cci.sparsify(tx, cci.SparsitySpec(...))
     logits = model.apply({'params': cci.forward_params(params, opt_state, spec)}, x)
@@ -18,7 +18,10 @@ Methods (METHODS.md 1.2):
            recomputed every step; the gradient of `forward_params` passes straight
            through to every latent weight, plus the SR-STE refinement
            `refinement * (1 - m) * w`; from `freeze_step` on the mask is fixed and
-           pruned weights are zero.
+           pruned weights are zero. The gradient must come from one call of
+           `forward_params` whose grouped outputs the loss uses, and reach
+           `tx.update` unscaled (divide a loss scale out first): `tx.update` adds
+           no refinement of its own.
 
 Patterns: `cci` (exactly k of every group of g) or `unstructured`, the baseline of
 METHODS.md section 3: each chosen kernel keeps its largest |w| at density k/g
@@ -177,8 +180,8 @@ def sparsify(tx: optax.GradientTransformation,
     elif spec.method == 'gradual':  # Every `update_every` steps: skip the ranking.
       masks = jax.lax.cond(change, lambda: _recomputed_masks(params, updates, masks, step),
                            lambda: masks)
-    # Where the mask holds, pruned weights become exactly zero (w + -w); kept ones
-    # take the inner update as they would without the wrapper.
+    # Once the mask holds, pruned weights become exactly zero (w + -w); every other
+    # weight takes the inner update as it would without the wrapper.
     zero = _frozen(spec, step)
     updates = jax.tree.map(lambda u, w, m: jnp.where(zero & ~m, -w, u), updates, params,
                            masks)

@@ -263,8 +263,8 @@ def latencies_current(recs: list[dict[str, Any]], prior: dict[tuple[str, int], d
                       batch_size: int) -> bool:
   """Whether every record is the recorded run with its latency at `batch_size`.
 
-  Then no row ran since the rows were last timed side by side, and timing them again
-  would only spend minutes.
+  Then no finished row changed since the rows were last timed side by side (a row that
+  ran again has a new summary), and timing them again would only spend minutes.
   """
   def current(r):
     before = prior.get((r['row'], r['seed']))
@@ -410,7 +410,8 @@ def main(argv: list[str]) -> None:
   if _REMEASURE.value or not latencies_current(recs, prior, _LATENCY_BATCH.value):
     add_latencies(table, recs, _LATENCY_BATCH.value)
   else:
-    logging.info('No row ran: keeping the recorded latencies (--remeasure_latency).')
+    logging.info('Every finished row is the recorded run: keeping the recorded '
+                 'latencies (--remeasure_latency times them again).')
     for r in recs:
       before = prior[(r['row'], r['seed'])]
       r.update({k: before[k] for k in ('latency_ms', 'dense_latency_ms', 'latency_batch')})

@@ -37,7 +37,7 @@ from configs import c2s2_schedules
 from tests.train.test_loop import tiny_config
 from train import c2s2_driver, checkpoints, data, experiment, loop, steps
 dense = os.path.join(os.path.dirname(sys.argv[1]), 'dense')
-if not os.path.exists(dense):
+if not os.path.exists(os.path.join(dense, 'summary.json')):
   loop.train_and_evaluate(tiny_config(), dense)
 config = tiny_config()
 c2s2_schedules.apply(config, dense)

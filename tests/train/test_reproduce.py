@@ -82,7 +82,7 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
   attempts = tmp_path / 'runs' / 'cpu' / 'dense' / reproduce.ATTEMPTS_FILE
   assert len(json.loads(attempts.read_text())) == 1
   second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-  assert second.returncode != 0
+  assert second.returncode != 0 and "['broken']" in second.stderr  # Results written.
   assert len(json.loads(attempts.read_text())) == 1
   # Nothing ran, so the rows keep the latencies timed side by side the first time.
   again = json.loads((results / 'tiny.json').read_text())['rows']
@@ -110,3 +110,18 @@ def test_an_interrupted_attempt_still_counts_toward_the_wall_time(tmp_path, monk
   attempts = json.loads((workdir / reproduce.ATTEMPTS_FILE).read_text())
   assert len(attempts) == 1 and attempts[0]['exit_code'] is None
   assert attempts[0]['seconds'] >= 0
+
+
+def test_recorded_latencies_are_kept_only_when_every_row_is_the_recorded_run():
+  recorded = {'row': 'a', 'seed': 0, 'summary': {'top1': 0.5}, 'latency_ms': 3.0,
+              'latency_batch': 128}
+  prior = {('a', 0): recorded}
+  same = {'row': 'a', 'seed': 0, 'summary': {'top1': 0.5}}
+  assert reproduce.latencies_current([same], prior, 128)
+  assert not reproduce.latencies_current([same], prior, 64)  # Another batch.
+  assert not reproduce.latencies_current([{**same, 'summary': {'top1': 0.6}}], prior,
+                                         128)  # The row ran again.
+  assert not reproduce.latencies_current([same, {**same, 'row': 'b'}], prior, 128)
+  unmeasured = {k: v for k, v in recorded.items() if k != 'latency_ms'}
+  assert not reproduce.latencies_current([same], {('a', 0): unmeasured}, 128)
+  assert not reproduce.latencies_current([], prior, 128)
