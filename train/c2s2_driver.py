@@ -398,13 +398,12 @@ class Driver:
 
   def _start(self):
     """Position and state at the beginning: the pre-trained model and its reference."""
+    model, graph = self._model(self.setup.original_widths)
     variables = checkpoints.load_variables(
         self.config.init_from,
-        experiment.abstract_variables(self._model(self.setup.original_widths)[0],
-                                      self.setup.dataset.image_shape))
+        experiment.abstract_variables(model, self.setup.dataset.image_shape))
     state = jax.device_put(initial_state(variables, self.setup.tx),
                            steps.replicated(self.setup.mesh))
-    model, graph = self._model(self.setup.original_widths)
     reference = self._evaluate(model, graph, state, binary=False)
     logging.info('C2S2: pre-trained held-out top-1 %.4f, loss %.4f (reference).',
                  reference['top1'], reference['loss'])
