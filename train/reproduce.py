@@ -12,7 +12,8 @@ in `RESULTS/NAME.json` with the same config is kept without its workdir (rerun o
 a later row must start from it), so the results files carry a reproduction across
 machines that do not keep `ROOT`. At the end the inference
 latency of every finished row's model is measured side by side in this process (a
-rerun in which no row ran keeps the recorded times unless `--remeasure_latency`), and
+rerun in which no finished row changed keeps the recorded times unless
+`--remeasure_latency`), and
 `RESULTS/NAME.md`, `.csv`, `.json` (per row: git revision, full config, hardware, wall
 time, seed, summary) and `.png` (top-1 against MACs, one marker per method) are written.
 """
@@ -48,8 +49,8 @@ _ONLY = flags.DEFINE_list('only', [], 'Run only these rows (and report all finis
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Run nothing; write the results.')
 _LATENCY_BATCH = flags.DEFINE_integer('latency_batch', 128, 'Batch of the latency column.')
 _REMEASURE = flags.DEFINE_bool(
-    'remeasure_latency', False, 'Time every row again even if no row ran (e.g. on '
-    'another machine); by default a rerun that ran nothing keeps the recorded times.')
+    'remeasure_latency', False, 'Time every row again even if no finished row changed '
+    '(e.g. on another machine); by default such a rerun keeps the recorded times.')
 ATTEMPTS_FILE = 'reproduce_attempts.json'
 
 
