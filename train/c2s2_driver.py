@@ -303,9 +303,8 @@ def make_eval_step(setup: Setup, model: Any, graph, binary: bool):
 
   def step(state: SelectionState, batch):
     images = steps.normalize(batch['image'], mean, std, model.dtype)
-    forward = surgery.fold_scales(graph=graph, params=state.params,
-                                  scales=state.scales,
-                                  masks=state.masks if binary else None)
+    forward = surgery.fold_scales(state.params, graph, state.scales,
+                                  state.masks if binary else None)
     logits = model.apply({'params': forward, 'batch_stats': state.batch_stats},
                          images, train=False)
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
