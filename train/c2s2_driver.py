@@ -525,6 +525,15 @@ class Driver:
     batches.close()
     return state
 
+  def _unit_start_state(self, pos, state: SelectionState) -> SelectionState:
+    """The state saved when the unit began (weights, statistics, optimiser state, no
+    pruning layers), at `state`'s step so that batches keep following the step."""
+    saved, _ = self.unit_start.restore(self.unit_start.latest_step(),
+                                       self._abstract({**pos, 'phase': 'start'}))
+    return saved.replace(step=state.step,
+                         first_nonfinite_step=state.first_nonfinite_step,
+                         nonfinite_steps=state.nonfinite_steps)
+
   def _macs_ratio(self, widths) -> float:
     n, shape = self.setup.dataset.num_classes, self.setup.dataset.image_shape
     return (model_macs(self.config, n, widths, shape)
@@ -553,19 +562,19 @@ class Driver:
       pos = {**pos, 'phase_start': int(state.step), 'retry': pos['retry'] + 1,
              'decisions': decisions}
     elif action == 'halve_lambda':
-      start = self.unit_start.latest_step()
-      saved, _ = self.unit_start.restore(start, self._abstract(
-          {**pos, 'phase': 'start'}))
-      state = jax.device_put(with_unit(saved, graph, list(state.scales)).replace(
-          step=state.step), steps.replicated(self.setup.mesh))
+      state = jax.device_put(
+          with_unit(self._unit_start_state(pos, state), graph, list(state.scales)),
+          steps.replicated(self.setup.mesh))
       lambdas = {**pos['lambdas'], **{n: pos['lambdas'][n] / 2 for n in masks}}
       pos = {**pos, 'phase': 'phase1', 'phase_start': int(state.step),
              'retry': pos['retry'] + 1, 'lambdas': lambdas, 'decisions': decisions}
     else:
-      if action == 'give_up':
-        masks = {n: np.ones_like(m) for n, m in masks.items()}
-      state = jax.device_put(operate(jax.device_get(state), graph, masks),
-                             steps.replicated(self.setup.mesh))
+      if action == 'give_up':  # The unit as it started: every channel, its weights.
+        state = jax.device_put(self._unit_start_state(pos, state),
+                               steps.replicated(self.setup.mesh))
+      else:
+        state = jax.device_put(operate(jax.device_get(state), graph, masks),
+                               steps.replicated(self.setup.mesh))
       widths = widths_of(state.params, pos['widths'])
       record['macs_ratio'] = self._macs_ratio(widths)
       # Saved by the next unit's start, at this same step.

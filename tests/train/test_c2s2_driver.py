@@ -66,27 +66,126 @@ def test_c2s2_prunes_fine_tunes_and_evaluates_from_the_workdir(dense_workdir, fi
       pytest.approx(summary['top1'])
 
 
-def test_cost_check_restores_channels_of_a_harmful_prune(dense_workdir, tmp_path):
-  workdir = str(tmp_path / 'harmful')
-  config = c2s2_config(dense_workdir, lambda_l1=20.0, epsilon=0.0, max_retries=2,
-                       train_weights_in_phase1=False, include='stage1')
-  loop.train_and_evaluate(config, workdir)
+def selection_checkpoint(config, workdir, step):
+  """The selection's state and position saved at `step`."""
+  driver = c2s2_driver.Driver(config, workdir)
+  try:
+    pos = driver.ckpt.meta(step)
+    state, _ = driver.ckpt.restore(step, driver._abstract(pos))
+  finally:
+    driver.ckpt.close()
+    driver.unit_start.close()
+  return jax.device_get(state), pos
+
+
+def dense_variables(dense_workdir):
+  config = workdir_lib.load_config(dense_workdir)
+  state = loop.restore_latest(config, dense_workdir)[1]
+  return jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+
+
+def assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+# Budgets no prune can meet: lambda zeroes every scale (min_channels kept), epsilon 0.
+OVER_BUDGET = dict(lambda_l1=20.0, epsilon=0.0, train_weights_in_phase1=False)
+
+
+@pytest.fixture(scope='module')
+def over_budget_runs(dense_workdir, tmp_path_factory):
+  """Runs in which each branch of the cost check happens, straight and resumed.
+
+  Each run: (config, straight workdir, summary, interrupted-and-resumed workdir). The
+  interruption lands inside the phase the decision started.
+  """
+  settings = {
+      'give_up': dict(OVER_BUDGET, max_retries=0),
+      'restore': dict(OVER_BUDGET, max_retries=2, include='stage1'),
+      'halve_lambda': dict(OVER_BUDGET, max_retries=1, on_over_budget='halve_lambda',
+                           include='stage1'),
+  }
+  runs = {}
+  for name, cp in settings.items():
+    config = c2s2_config(dense_workdir, **cp)
+    config.keep_checkpoints = 100  # Every decision's checkpoint stays to be read.
+    straight = str(tmp_path_factory.mktemp(name))
+    summary = loop.train_and_evaluate(config, straight)
+    interrupted = str(tmp_path_factory.mktemp(name + '_interrupted'))
+    stop = decisions(straight)[0]['step'] + 2
+    assert loop.train_and_evaluate(config, interrupted, stop_at_step=stop) == {}
+    loop.train_and_evaluate(config, interrupted)
+    runs[name] = config, straight, summary, interrupted
+  return runs
+
+
+def test_give_up_returns_each_unit_to_its_start(dense_workdir, over_budget_runs):
+  config, workdir, summary, _ = over_budget_runs['give_up']
   log = decisions(workdir)
-  assert log[0]['action'] == 'restore', log
-  kept = [d['layers']['stage1_block0/conv1']['kept'] for d in log]
+  assert [(d['unit'], d['action']) for d in log] == [(0, 'give_up'), (1, 'give_up'),
+                                                    (2, 'give_up')]
+  assert all(v['kept'] == v['original'] for v in summary['channels'].values())
+  assert summary['macs'] == summary['macs_original']
+  # Selection ends where the dense start began: weights, statistics, every channel.
+  final = log[-1]['step']
+  state, pos = selection_checkpoint(config, workdir, final)
+  assert pos['finished']
+  assert_trees_equal({'params': state.params, 'batch_stats': state.batch_stats},
+                     dense_variables(dense_workdir))
+  # The fine-tuned model has no dead channel (a zero norm scale never recovers).
+  params = loop.restore_latest(workdir_lib.load_config(workdir), workdir)[1].params
+  for block in ('stage1_block0', 'stage2_block0', 'stage3_block0'):
+    scale = np.asarray(params[block]['bn1']['scale'])
+    assert np.all(scale != 0), (block, scale)
+
+
+def test_restore_keeps_half_the_pruned_channels_again(over_budget_runs):
+  config, workdir, summary, _ = over_budget_runs['restore']
+  log = decisions(workdir)
+  name = 'stage1_block0/conv1'
+  assert [d['action'] for d in log[:2]] == ['restore', 'restore'], log
+  kept = [d['layers'][name]['kept'] for d in log]
+  size = log[0]['layers'][name]['channels']
   assert kept[0] == 2  # lambda zeroed every scale; min_channels kept.
-  assert kept == sorted(kept) and kept[-1] > kept[0]
-  assert log[-1]['action'] in ('accept', 'give_up')
+  assert kept[1] == kept[0] + -(-(size - kept[0]) // 2)
+  # What the restore left: the masks of the next phase 2, restored scales at 1, the
+  # phase-2 weights kept (not reset).
+  state, pos = selection_checkpoint(config, workdir, log[0]['step'])
+  assert pos['phase'] == 'phase2' and pos['retry'] == 1
+  mask = np.asarray(state.masks[name]) > 0
+  assert mask.sum() == kept[1]
+  assert np.all(np.asarray(state.scales[name])[mask] != 0)
+  assert np.all(np.asarray(state.scales[name])[~mask] == 0)
+  # The run ends with the last decision's widths.
+  expected = log[-1]['layers'][name]['kept'] if log[-1]['action'] == 'accept' else size
+  assert summary['channels'][name]['kept'] == expected
 
 
-def test_halve_lambda_redoes_phase_one(dense_workdir, tmp_path):
-  workdir = str(tmp_path / 'halve')
-  config = c2s2_config(dense_workdir, lambda_l1=20.0, epsilon=0.0, max_retries=1,
-                       on_over_budget='halve_lambda', include='stage1')
-  loop.train_and_evaluate(config, workdir)
+def test_halve_lambda_redoes_phase_one_from_the_unit_start(dense_workdir,
+                                                             over_budget_runs):
+  config, workdir, summary, _ = over_budget_runs['halve_lambda']
   log = decisions(workdir)
-  lambdas = [d['layers']['stage1_block0/conv1']['lambda'] for d in log]
-  assert log[0]['action'] == 'halve_lambda' and lambdas[:2] == [20.0, 10.0]
+  name = 'stage1_block0/conv1'
+  assert [d['action'] for d in log] == ['halve_lambda', 'give_up'], log
+  assert [d['layers'][name]['lambda'] for d in log] == [20.0, 10.0]
+  state, pos = selection_checkpoint(config, workdir, log[0]['step'])
+  assert pos['phase'] == 'phase1' and pos['lambdas'][name] == 10.0
+  assert int(state.step) == log[0]['step']  # Batches keep following the step.
+  assert_trees_equal({'params': state.params, 'batch_stats': state.batch_stats},
+                     dense_variables(dense_workdir))
+  np.testing.assert_array_equal(state.scales[name], 1.0)
+  np.testing.assert_array_equal(state.importance[name], 0.0)
+  assert summary['channels'][name]['kept'] == summary['channels'][name]['original']
+
+
+@pytest.mark.parametrize('branch', ['give_up', 'restore', 'halve_lambda'])
+def test_resume_inside_each_branch_ends_identically(over_budget_runs, branch):
+  config, straight, _, interrupted = over_budget_runs[branch]
+  assert decisions(interrupted) == decisions(straight)
+  a = loop.restore_latest(workdir_lib.load_config(straight), straight)[1]
+  b = loop.restore_latest(workdir_lib.load_config(interrupted), interrupted)[1]
+  assert_trees_equal(a.params, b.params)
 
 
 @pytest.mark.parametrize('key,value,message', [
