@@ -3,6 +3,9 @@
   python -m benchmarks.foreign_models                 # ResNet-18 and VGG-16, 112x112
   python -m benchmarks.foreign_models --smoke         # tiny sizes: checks the script runs
 
+A full run of every model writes results/foreign_models.json (the README's figures):
+each model's result, the settings and the machine; `--out` writes elsewhere.
+
 ImageNet-style ResNet-18 and VGG-16 with hard-coded widths (`@nn.compact`, layers named
 by Flax) are traced into channel graphs; every prunable group loses the same fraction
 of its channels, the smallest filter L1 norms first (Li et al. 2017); the sliced
@@ -14,7 +17,9 @@ accuracy.
 """
 
 import functools
+import json
 import math
+import os
 from typing import Any
 
 from absl import app, flags
@@ -25,7 +30,7 @@ import numpy as np
 
 import c2s2
 from c2s2 import criteria
-from train import timing
+from train import provenance, timing
 from train.models import stats
 
 
@@ -209,6 +214,10 @@ _IMAGE_SIZE = flags.DEFINE_integer('image_size', 112, 'Input height and width.')
 _BATCHES = flags.DEFINE_list('batches', ['1', '8'], 'Batch sizes timed.')
 _REPEATS = flags.DEFINE_integer('repeats', 10, 'Timed calls per variant.')
 _FRACTION = flags.DEFINE_float('fraction', 0.5, 'Channels removed from every group.')
+_OUT = flags.DEFINE_string('out', None, 'Where to write the results as JSON (default: '
+                           'results/foreign_models.json for a full run of every model).')
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       'results', 'foreign_models.json')
 
 
 def main(argv):
@@ -217,11 +226,25 @@ def main(argv):
       _REPEATS.value
   if _SMOKE.value:
     size, batches, repeats = 32, [1], 2
+  machine = provenance.machine()
   print(f'Every prunable group loses {_FRACTION.value:.0%} of its channels (smallest '
         f'filter L1 norm); latency: jitted forward, median of {repeats} interleaved '
-        f'calls on {timing.machine()["cpu"]} ({jax.devices()[0].platform}).')
+        f'calls on {machine["cpu"]} ({machine["platform"]}).')
+  results = []
   for name in _MODELS.value:
-    print(report(measure(name, size, batches, repeats, _FRACTION.value)), flush=True)
+    results.append(measure(name, size, batches, repeats, _FRACTION.value))
+    print(report(results[-1]), flush=True)
+  full = not _SMOKE.value and set(_MODELS.value) == set(MODELS)
+  out = _OUT.value or (RESULTS if full else None)
+  if out:
+    settings = {'image_size': size, 'batches': batches, 'repeats': repeats,
+                'fraction': _FRACTION.value, 'smoke': _SMOKE.value}
+    with open(out + '.tmp', 'w') as f:
+      json.dump({'machine': machine, 'settings': settings, 'models': results}, f,
+                indent=2, default=str)
+      f.write('\n')
+    os.replace(out + '.tmp', out)
+    print(f'wrote {out}')
 
 
 if __name__ == '__main__':

@@ -11,7 +11,6 @@ ResNet-20 step at the same batch, interleaved. Ratio: step images/s over pipelin
 images/s; the pipeline must be at least 3x faster than the step (target 1/3).
 """
 
-import os
 from typing import Any, Callable
 
 import numpy as np
@@ -21,9 +20,7 @@ from configs import resnet20_cpu
 from train import data, steps, timing
 
 TARGET = 1 / 3
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARCHIVES = (os.path.join(ROOT, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz'),
-            '/work/shared/data/cifar10-jpeg.tar.gz')
+ARCHIVE = data.shared_dir() / 'data' / 'cifar10-jpeg.tar.gz'
 # (model, batch, batches pulled per timed call, repeats)
 FULL = ('resnet20', 64, 10, 10)
 SMOKE = ('resnet8', 8, 2, 2)
@@ -31,10 +28,8 @@ SMOKE = ('resnet8', 8, 2, 2)
 
 def source(smoke: bool) -> tuple[str, data.Source]:
   """('cifar10', the shared training split), else ('synthetic', random images)."""
-  archive = next((a for a in ARCHIVES if os.path.exists(a)), None)
-  if archive and not smoke:
-    cfg = resnet20_cpu.get_config().data
-    cfg.path = archive  # Unnormalised: the cache key of runs from the repository.
+  if ARCHIVE.exists() and not smoke:
+    cfg = resnet20_cpu.get_config().data  # Its path resolves to ARCHIVE: runs' cache.
     return 'cifar10', data.load_dataset(cfg).train
   rng = np.random.default_rng(0)
   count = 256 if smoke else 50_000

@@ -5,7 +5,7 @@ import time
 from typing import Any
 
 from benchmarks import common
-from train import timing
+from train import provenance
 
 # Name -> module under benchmarks/ with `measure(smoke: bool) -> list[entry]`, in the
 # order they run. Full sizes: an estimated 6-8 minutes in all on 2 CPU cores; each
@@ -43,7 +43,7 @@ def run(names: list[str], smoke: bool, log: Any = None) -> dict[str, Any]:
     if log:
       log(table(new) + f'\n  ({name}: {wall[name]:.0f} s)')
   wall['total'] = time.perf_counter() - start
-  return {'entries': entries, 'wall_seconds': wall, 'machine': timing.machine(),
+  return {'entries': entries, 'wall_seconds': wall, 'machine': provenance.machine(),
           'smoke': smoke}
 
 

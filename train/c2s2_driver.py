@@ -31,7 +31,7 @@ from train import checkpoints, data, experiment, metrics, models, optim, steps
 from train import workdir as workdir_lib
 from train.models import stats
 
-DECISIONS_FILE = 'c2s2.jsonl'
+DECISIONS_FILE = workdir_lib.DECISIONS_FILE
 PHASES = ('phase1', 'phase2')
 
 

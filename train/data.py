@@ -35,6 +35,9 @@ _ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz')
 _CACHE_VERSION = 1
 _CACHE_KEYS = ('train_images', 'train_labels', 'test_images', 'test_labels',
                'class_names', 'mean', 'std')
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR_ENV = 'CCI_C2S2_SHARED_DIR'
+_SHARED_PREFIX = '../shared/'
 _SMALL_TFDS_EXAMPLES = (
   100_000  # tfds splits up to this size and side are held in memory
 )
@@ -224,11 +227,29 @@ def _decode_image(data: bytes, name: str, image_size: int) -> np.ndarray:
   return _resize(rgb, image_size)
 
 
+def shared_dir() -> Path:
+  """The workplace's shared folder: `$CCI_C2S2_SHARED_DIR`, else `shared/` beside the
+  project's root folder (where `../shared/...` paths in configs point)."""
+  return Path(os.environ.get(SHARED_DIR_ENV) or PROJECT_ROOT.parent / 'shared')
+
+
+def resolve_path(path: str) -> Path:
+  """A `data.path` as a file: `~` expanded; a path starting `../shared/` lies in
+  `shared_dir()`; another relative path is taken from the working directory if it
+  exists there, else from the project's root folder."""
+  if path.startswith(_SHARED_PREFIX):
+    return (shared_dir() / path[len(_SHARED_PREFIX):]).absolute()
+  candidate = Path(path).expanduser()
+  if candidate.is_absolute() or candidate.exists():
+    return candidate.absolute()
+  return PROJECT_ROOT / candidate
+
+
 def _load_folder(cfg: ml_collections.ConfigDict) -> ImageDataset:
   """An image folder or tar archive, decoded once and then read from an .npz cache."""
   if not cfg.path:
     raise ValueError("data.path must be set when data.source='folder'")
-  path = Path(cfg.path).expanduser().absolute()
+  path = resolve_path(cfg.path)
   if not path.exists():
     raise FileNotFoundError(
       f'data.path={cfg.path!r}: no such file or directory ({path})'

@@ -1,6 +1,6 @@
 r"""Runs every row of a comparison table and writes its results.
 
-  python -m train.reproduce --table=cifar10_cci --preset=cpu [--seeds=3]
+  python -m train.reproduce --table=cifar10_cci --preset=cpu [--seeds=3] [--rerun=stale]
 
 Each row is `main.py` with the row's config and overrides, in its own process and
 workdir `ROOT/PRESET/ROW` (seed s > 0: `ROOT/PRESET/seedS/ROW`), with its log beside
@@ -10,12 +10,17 @@ reported and the others go on (rows starting from it are blocked). Rows of any t
 with the same name share one run, e.g. the dense pre-training. A row already recorded
 in `RESULTS/NAME.json` with the same config is kept without its workdir (rerun only if
 a later row must start from it), so the results files carry a reproduction across
-machines that do not keep `ROOT`. At the end the inference
+machines that do not keep `ROOT`. `--rerun=stale` runs again every row whose revision's
+code (`provenance.CODE_PATHS`) differs from HEAD, `--rerun=all` every row (a finished
+workdir is moved aside to `ROW.replaced-TIME`, never deleted); rows starting from a row
+run again are run again too. The tables mark the stale rows they hold. At the end the
+inference
 latency of every finished row's model is measured side by side in this process (a
 rerun in which no finished row changed keeps the recorded times unless
 `--remeasure_latency`), and
 `RESULTS/NAME.md`, `.csv`, `.json` (per row: git revision, full config, hardware, wall
-time, seed, summary) and `.png` (top-1 against MACs, one marker per method) are written.
+time, seed, summary, C2S2's cost-check decisions) and `.png` (top-1 against MACs, one
+marker per method) are written.
 """
 
 import csv
@@ -34,7 +39,7 @@ from typing import Any
 from absl import app, flags, logging
 import ml_collections
 
-from train import tables
+from train import provenance, tables
 from train import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,6 +56,10 @@ _LATENCY_BATCH = flags.DEFINE_integer('latency_batch', 128, 'Batch of the latenc
 _REMEASURE = flags.DEFINE_bool(
     'remeasure_latency', False, 'Time every row again even if no finished row changed '
     '(e.g. on another machine); by default such a rerun keeps the recorded times.')
+_RERUN = flags.DEFINE_enum(
+    'rerun', 'none', RERUN_CHOICES := ('none', 'stale', 'all'),
+    'none: keep finished and recorded rows; stale: run again the rows whose revision '
+    'differs from HEAD in the code that produces results; all: run every row again.')
 ATTEMPTS_FILE = 'reproduce_attempts.json'
 
 
@@ -115,6 +124,19 @@ def finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, 'summary.json'))
 
 
+def needs_rerun(rerun: str, revision: str) -> bool:
+  """Whether a finished or recorded row made at `revision` runs again under `rerun`."""
+  return rerun == 'all' or (rerun == 'stale' and bool(provenance.stale_reason(revision)))
+
+
+def move_aside(workdir: str) -> str:
+  """Renames a finished workdir out of the way of a rerun; returns its new path."""
+  aside = f'{workdir}.replaced-{time.strftime("%Y%m%d-%H%M%S")}'
+  os.replace(workdir, aside)
+  logging.info('Moved %s aside to %s for its rerun.', workdir, aside)
+  return aside
+
+
 def run_row(args: list[str], workdir: str, log_path: str) -> tuple[bool, str]:
   """Runs one row to its end; returns (succeeded, the log's last lines if not).
 
@@ -162,36 +184,50 @@ def same_config(row: tables.Row, record: dict[str, Any], overrides: Sequence[str
 
 def run_table(table: tables.Table, preset: str, seeds: int, root: str,
               overrides: Sequence[str], only: Sequence[str] = (),
-              prior: dict[tuple[str, int], dict] | None = None) -> list[dict[str, Any]]:
+              prior: dict[tuple[str, int], dict] | None = None,
+              rerun: str = 'none') -> list[dict[str, Any]]:
   """Runs the unfinished rows of every seed; returns each row's status.
 
   A row recorded in `prior` with the same config counts as done ('recorded') unless
   another row must start from its workdir, which then is run again (missing).
+  `rerun` ('stale', 'all') runs finished and recorded rows again (`needs_rerun`), and
+  every row starting from a row that ran in this call.
   """
   rows, prior = {r.name: r for r in table.rows}, prior or {}
   statuses = []
   for seed in range(seeds):
-    failed = {}
+    failed, ran = {}, set()
+
+    def outdated(row: tables.Row, revision: str) -> bool:
+      return row.name not in ran and (needs_rerun(rerun, revision) or (
+          rerun != 'none' and row.start_from in ran))
 
     def ensure(row: tables.Row, need_workdir: bool) -> tuple[str, str]:
       workdir = row_workdir(root, preset, row.name, seed)
-      if finished(workdir):
-        return 'finished', ''
       if row.name in failed:
         return 'failed', failed[row.name]
+      done = finished(workdir)
+      if done and not outdated(row, workdir_lib.read_json(
+          os.path.join(workdir, 'summary.json')).get('revision', 'unknown')):
+        return 'finished', ''
       record = prior.get((row.name, seed))
-      if record and not need_workdir and same_config(row, record, overrides):
+      recorded = bool(record) and same_config(row, record, overrides)
+      if recorded and not need_workdir and not outdated(row, record['revision']):
         return 'recorded', ''
-      if only and row.name not in only and not need_workdir:
-        return 'not run', 'not in --only'
+      if only and row.name not in only and not need_workdir:  # Kept as it is.
+        return ('finished', '') if done else ('recorded', '') if recorded else (
+            'not run', 'not in --only')
       dependency = ''
       if row.start_from:
         if ensure(rows[row.start_from], need_workdir=True)[0] != 'finished':
           return 'blocked', f'needs row {row.start_from}'
         dependency = row_workdir(root, preset, row.start_from, seed)
+      if done:
+        move_aside(workdir)
       args = command(row, workdir, seed, dependency, overrides)
       logging.info('%s seed %d: %s', row.name, seed, ' '.join(args[1:]))
       ok, detail = run_row(args, workdir, workdir + '.log')
+      ran.add(row.name)
       logging.log(logging.INFO if ok else logging.ERROR, '%s seed %d: %s %s', row.name,
                   seed, 'finished' if ok else 'failed', detail)
       if not ok:
@@ -238,7 +274,9 @@ def records(table: tables.Table, statuses: list[dict[str, Any]],
   out = []
   for status in statuses:
     if status['status'] == 'recorded':
-      out.append(dict(prior[(status['row'], status['seed'])]))
+      record = dict(prior[(status['row'], status['seed'])])
+      record['wall_time_s'] = max(record['wall_time_s'], record['summary']['wall_time_s'])
+      out.append(record)
       continue
     if status['status'] != 'finished':
       continue
@@ -247,17 +285,27 @@ def records(table: tables.Table, statuses: list[dict[str, Any]],
     attempts_path = os.path.join(workdir, ATTEMPTS_FILE)
     attempts = workdir_lib.read_json(attempts_path) if os.path.exists(attempts_path) else []
     row = rows[status['row']]
+    decisions_path = os.path.join(workdir, workdir_lib.DECISIONS_FILE)
     out.append({
         'row': row.name, 'label': row.label, 'method': row.method, 'seed': status['seed'],
         'start_from': row.start_from, 'workdir': workdir,
         'revision': summary.get('revision', 'unknown'),
         'hardware': summary.get('hardware', {'platform': summary.get('platform')}),
-        'wall_time_s': sum(a['seconds'] for a in attempts) or summary['wall_time_s'],
+        'wall_time_s': wall_time(attempts, summary),
         'config': workdir_lib.read_json(os.path.join(workdir, workdir_lib.CONFIG_FILE)),
         'widths': workdir_lib.read_json(os.path.join(workdir, 'widths.json')),
         'summary': summary,
+        **({'cost_check': workdir_lib.read_jsonl(decisions_path)}
+           if os.path.exists(decisions_path) else {}),
     })
   return out
+
+
+def wall_time(attempts: list[dict[str, Any]], summary: dict[str, Any]) -> float:
+  """A row's seconds: its attempts under the harness, summed, but at least the run's
+  own count across its resumptions (attempts started outside the harness, or before
+  it kept an attempts file, are only in the latter)."""
+  return max(sum(a['seconds'] for a in attempts), summary['wall_time_s'])
 
 
 def latencies_current(recs: list[dict[str, Any]], prior: dict[tuple[str, int], dict],
@@ -286,10 +334,12 @@ def add_latencies(table: tables.Table, recs: list[dict[str, Any]], batch_size: i
     r['latency_batch'] = batch_size
 
 
-def _cell(values: list[float | None], fmt: str) -> str:
+def _cell(values: list[float | str | None], fmt: str) -> str:
   values = [v for v in values if v is not None]
   if not values:
     return '-'
+  if isinstance(values[0], str):
+    return ', '.join(dict.fromkeys(values))
   if len(values) == 1:
     return fmt.format(values[0])
   return (f'{fmt.format(statistics.mean(values))} ± '
@@ -297,8 +347,9 @@ def _cell(values: list[float | None], fmt: str) -> str:
 
 
 def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
-             statuses: list[dict[str, Any]], seeds: int) -> str:
-  """The table as Markdown: mean (and spread over seeds) per row, then what is missing."""
+             statuses: list[dict[str, Any]], seeds: int, head: str) -> str:
+  """The table as Markdown: mean (and spread over seeds) per row, stale rows marked,
+  then what is missing. `head`: the revision writing the table."""
   header = ['row', *[c.header for c in table.columns]]
   lines = [f'# {table.title}', '', table.notes.strip(), '',
            f'Command: `python -m train.reproduce --table={table.name} --preset={preset}'
@@ -308,7 +359,13 @@ def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
     mine = [r for r in recs if r['row'] == row.name]
     if mine:
       cells = [_cell([c.value(r) for r in mine], c.fmt) for c in table.columns]
-      lines.append(f'| {row.label} | ' + ' | '.join(cells) + ' |')
+      mark = ' (stale)' if any(r.get('stale') for r in mine) else ''
+      lines.append(f'| {row.label}{mark} | ' + ' | '.join(cells) + ' |')
+  stale = [r for r in recs if r.get('stale')]
+  if stale:
+    lines += ['', f'(stale): the run\'s code differs from revision {head[:12]}, which '
+              'wrote this table; `--rerun=stale` runs it again:', '']
+    lines += [f'- {r["row"]} (seed {r["seed"]}): {r["stale"]}' for r in stale]
   missing = [s for s in statuses if s['status'] not in ('finished', 'recorded')]
   if missing:
     lines += ['', 'Not finished:', '']
@@ -370,7 +427,7 @@ def write_results(table: tables.Table, preset: str, recs: list[dict[str, Any]],
   if recs:
     plot(base + '.png', table, recs)
   with open(base + '.md.tmp', 'w') as f:
-    f.write(markdown(table, preset, recs, statuses, seeds))
+    f.write(markdown(table, preset, recs, statuses, seeds, provenance.revision()))
   os.replace(base + '.md.tmp', base + '.md')
   return base + '.md'
 
@@ -406,8 +463,10 @@ def main(argv: list[str]) -> None:
                      else 'recorded' if recorded else 'not run')
   else:
     statuses = run_table(table, _PRESET.value, _SEEDS.value, root, _OVERRIDE.value,
-                         _ONLY.value, prior)
+                         _ONLY.value, prior, _RERUN.value)
   recs = records(table, statuses, prior)
+  for r in recs:
+    r['stale'] = provenance.stale_reason(r['revision'])
   if _REMEASURE.value or not latencies_current(recs, prior, _LATENCY_BATCH.value):
     add_latencies(table, recs, _LATENCY_BATCH.value)
   else:

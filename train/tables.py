@@ -108,4 +108,17 @@ def wall_minutes(r: Mapping[str, Any]) -> float:
   return r['wall_time_s'] / 60
 
 
+def cost_check(r: Mapping[str, Any]) -> str | None:
+  """C2S2's cost check: units accepted / retried (restore or halve_lambda) / given up."""
+  if 'cost_check' not in r:
+    return None
+  final = {d['unit']: d['action'] for d in r['cost_check']}  # Each unit's last.
+  retried = {d['unit'] for d in r['cost_check']
+             if d['action'] in ('restore', 'halve_lambda')}
+  counts = [sum(a == 'accept' for a in final.values()), len(retried),
+            sum(a == 'give_up' for a in final.values())]
+  return ' / '.join(map(str, counts))
+
+
 TOP1 = Column('top-1', summary('top1'))
+COST_CHECK = Column('cost check: units accepted / retried / given up', cost_check, '{}')

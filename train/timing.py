@@ -1,6 +1,5 @@
 """Side-by-side timing: candidates are interleaved so machine noise hits all alike."""
 
-import platform
 import statistics
 import time
 from typing import Any, Callable
@@ -28,10 +27,3 @@ def interleaved(candidates: dict[str, Callable[[], Any]], repeats: int,
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - start)
   return {name: statistics.median(t) for name, t in times.items()}
-
-
-def machine() -> dict[str, Any]:
-  """What the figures were measured on."""
-  return {'platform': jax.devices()[0].platform, 'devices': jax.device_count(),
-          'device_kind': jax.devices()[0].device_kind, 'cpu': platform.processor() or
-          platform.machine(), 'jax': jax.__version__}

@@ -12,8 +12,9 @@ from configs import base
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 SELECTION_DIR = 'selection'  # C2S2's progressive selection, before the final fine-tune.
+DECISIONS_FILE = 'c2s2.jsonl'  # C2S2's cost-check decisions, one JSON object a line.
 RUN_DIRS = (CHECKPOINT_DIR, SELECTION_DIR)
-RUN_FILES = ('metrics.jsonl', 'summary.json', 'eval.json', 'c2s2.jsonl', 'widths.json',
+RUN_FILES = ('metrics.jsonl', 'summary.json', 'eval.json', DECISIONS_FILE, 'widths.json',
              'layers.json', 'efficiency.json')
 # Keys that change how a run is watched, not what it computes; they may differ
 # between an interrupted run and its resumption.
@@ -112,6 +113,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def read_json(path: str) -> Any:
   with open(path) as f:
     return json.load(f)
+
+
+def read_jsonl(path: str) -> list[Any]:
+  """The JSON objects of a file holding one a line."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def write_json(path: str, value: Any) -> None:

@@ -11,8 +11,8 @@ multiples of 8, the settings of configs/resnet20_c2s2_cpu.py, pruned nothing her
 every row fine-tunes 1 epoch at lr 0.01. `paper`: ResNet-56 (accelerators).
 """
 
-from train.tables import (TOP1, Column, Row, Table, latency_speedup, macs_reduction,
-                          summary, wall_minutes)
+from train.tables import (COST_CHECK, TOP1, Column, Row, Table, latency_speedup,
+                          macs_reduction, summary, wall_minutes)
 
 COLUMNS = (
     TOP1,
@@ -20,6 +20,7 @@ COLUMNS = (
     Column('MACs reduction (x)', macs_reduction, '{:.2f}'),
     Column('CPU latency speedup, batch 128 (x)', latency_speedup, '{:.2f}'),
     Column('wall (min)', wall_minutes, '{:.0f}'),
+    COST_CHECK,
 )
 LI_ET_AL_MACS_RATIO = 1 - 0.276
 

@@ -40,8 +40,7 @@ def finished(dense_workdir, tmp_path_factory):
 
 
 def decisions(workdir):
-  with open(os.path.join(workdir, c2s2_driver.DECISIONS_FILE)) as f:
-    return [json.loads(line) for line in f]
+  return workdir_lib.read_jsonl(os.path.join(workdir, workdir_lib.DECISIONS_FILE))
 
 
 def test_c2s2_prunes_fine_tunes_and_evaluates_from_the_workdir(dense_workdir, finished):

@@ -20,7 +20,7 @@ from PIL import Image
 from train import data
 
 COLOURS = {'cat': (255, 0, 0), 'dog': (0, 255, 0), 'emu': (0, 0, 255)}
-CIFAR10 = Path('/work/shared/data/cifar10-jpeg.tar.gz')
+CIFAR10 = data.shared_dir() / 'data' / 'cifar10-jpeg.tar.gz'
 
 
 def _config(**overrides: object) -> ml_collections.ConfigDict:
@@ -521,3 +521,17 @@ def test_shared_cifar10_archive(tmp_path: Path) -> None:
   cached = _load(CIFAR10, tmp_path, image_size=32)
   assert time.perf_counter() - start < decoded / 4
   np.testing.assert_array_equal(cached.test.images, dataset.test.images)
+
+
+def test_data_paths_resolve_from_anywhere(tmp_path, monkeypatch):
+  """`../shared/...` means the shared folder beside the project, from any working
+  directory; the environment variable moves it; other relative paths prefer the cwd."""
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv(data.SHARED_DIR_ENV, raising=False)
+  shared = data.PROJECT_ROOT.parent / 'shared'
+  assert data.resolve_path('../shared/data/x.tar') == shared / 'data' / 'x.tar'
+  monkeypatch.setenv(data.SHARED_DIR_ENV, str(tmp_path / 'elsewhere'))
+  assert data.resolve_path('../shared/data/x.tar') == tmp_path / 'elsewhere/data/x.tar'
+  assert data.resolve_path('configs') == data.PROJECT_ROOT / 'configs'
+  (tmp_path / 'configs').mkdir()
+  assert data.resolve_path('configs') == tmp_path / 'configs'
