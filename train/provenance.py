@@ -36,14 +36,13 @@ def stale_reason(recorded: str) -> str:
   if recorded.endswith('-dirty'):
     return f'ran with uncommitted changes on {recorded[:12]}'
   try:
-    diff = _git('diff', '--quiet', recorded, 'HEAD', '--', *CODE_PATHS)
+    diff = _git('diff', '--name-only', recorded, 'HEAD', '--', *CODE_PATHS)
   except (OSError, subprocess.SubprocessError) as e:
     return f'git unavailable ({e})'
-  if diff.returncode == 0:
-    return ''
-  if diff.returncode == 1:
-    return f'{", ".join(CODE_PATHS)} changed since {recorded[:12]}'
-  return f'revision {recorded[:12]} is not in this repository'
+  if diff.returncode:
+    return f'revision {recorded[:12]} is not in this repository'
+  changed = sorted({path.split('/')[0] for path in diff.stdout.split()})
+  return f'{", ".join(changed)} changed since {recorded[:12]}' if changed else ''
 
 
 def cpu_model() -> str:
