@@ -228,7 +228,6 @@ def test_dense_killed_inside_a_checkpoint_write_and_between_steps(env, dense_ref
   assert_same_result(dense_reference, run.workdir)
 
 
-@pytest.mark.slow
 def test_cci_killed_as_a_checkpoint_write_begins(env, cci_reference, tmp_path):
   run = Runner(env, tmp_path / 'run', CCI)
   run.kill_inside_save('checkpoints/40', 'create')  # Nothing of step 40 written yet.
@@ -236,7 +235,6 @@ def test_cci_killed_as_a_checkpoint_write_begins(env, cci_reference, tmp_path):
   assert_same_result(cci_reference, run.workdir)  # Masks live in the optimiser state.
 
 
-@pytest.mark.slow  # ~70 s; the default suite resumes C2S2 mid-phase in test_c2s2_driver.
 def test_c2s2_killed_inside_a_phase_resumes_inside_it(env, dense_reference,
                                                       c2s2_reference, tmp_path):
   run = Runner(env, tmp_path / 'run', C2S2, f'--config.init_from={dense_reference}')

@@ -64,8 +64,7 @@ def _compact(name, shortcut, variables, graph, masks, scales):
 
 @pytest.mark.parametrize('name,shortcut,size,streams,width', [
     ('vgg16', 'A', 32, False, 8),  # Slim: 8 channels per conv.
-    # Shortcut A's inner groups; B below covers them and the joined streams by default.
-    pytest.param('resnet8', 'A', 16, False, None, marks=pytest.mark.slow),
+    ('resnet8', 'A', 16, False, None),  # Shortcut A: every reported row's architecture.
     ('resnet8', 'B', 16, True, None),  # prune_residual_stream: joined groups too.
     # Bottleneck blocks (tests/foreign's BottleneckNet covers them by default).
     pytest.param('resnet50', 'A', 32, False, 8, marks=pytest.mark.slow),

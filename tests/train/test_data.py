@@ -505,7 +505,6 @@ def test_process_slices_partition_the_batch(
 # ----------------------------------------------------------------------------- real data
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not CIFAR10.exists(), reason=f'{CIFAR10} is absent')
 def test_shared_cifar10_archive(tmp_path: Path) -> None:
   start = time.perf_counter()
