@@ -26,8 +26,9 @@ def select(only: list[str] | None) -> list[str]:
 def measure(name: str, smoke: bool) -> list[common.Entry]:
   """The entries of benchmark `name`, each with `passed` (None without a target)."""
   entries = importlib.import_module(f'benchmarks.{name}').measure(smoke)
-  for e in entries:
-    e['passed'] = None if e['target'] is None else bool(e['ratio'] <= e['target'])
+  for e in entries:  # No ratio: the baseline could not run (e.g. not installed).
+    e['passed'] = (None if e['target'] is None or e['ratio'] is None
+                   else bool(e['ratio'] <= e['target']))
   return entries
 
 
@@ -59,6 +60,7 @@ def table(entries: list[common.Entry]) -> str:
   for e in entries:
     passed = {None: '-', True: 'yes', False: 'NO'}[e.get('passed')]
     lines.append(f'{e["name"]:<{width}}{e["seconds"]:>10.4f}'
-                 f'{e["baseline_seconds"]:>10.4f}{e["ratio"]:>8.3f}'
-                 f'{_number(e["target"], 3):>8}  {passed}')
+                 f'{_number(e["baseline_seconds"], 4):>10}{_number(e["ratio"], 3):>8}'
+                 f'{_number(e["target"], 3):>8}  {passed}'
+                 + ('' if e['ratio'] is not None else f'  ({e["baseline"]})'))
   return '\n'.join(lines)

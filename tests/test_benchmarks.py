@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from benchmarks import suite
+from benchmarks import pytorch_reference, suite
 from tests.test_main import ROOT
 
 # Entry names and targets of each benchmark at smoke sizes.
@@ -24,7 +24,8 @@ SMOKE_ENTRIES = {
     'packed_forward': [('packed_forward/resnet8/b2', None)],
     'flax_reference': [('flax_reference/resnet8/b8', 1.05)],
     'vgg_conv': [('vgg_conv/vgg16/b2/auto_vs_xla', 1 / 3)],
-    'pytorch_reference': [('pytorch_reference/resnet8/b8', None)],
+    'pytorch_reference': [('pytorch_reference/resnet8/b8', None),
+                          ('matmul_peak/resnet8/b8', None)],
 }
 
 
@@ -40,7 +41,8 @@ def test_cli_runs_a_selection_and_writes_json(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   saved = json.load(open(out))
-  names = ['mask_compute/resnet8/2of8', 'pytorch_reference/resnet8/b8']  # Registry order.
+  names = ['mask_compute/resnet8/2of8', 'pytorch_reference/resnet8/b8',
+           'matmul_peak/resnet8/b8']  # Registry order.
   assert [e['name'] for e in saved['entries']] == names
   assert saved['smoke'] and saved['machine']['platform']
   machine = saved['machine']
@@ -50,7 +52,8 @@ def test_cli_runs_a_selection_and_writes_json(tmp_path):
   for e in saved['entries']:
     assert {'seconds', 'baseline', 'baseline_seconds', 'ratio', 'target',
             'passed'} <= set(e)
-    assert e['name'] in result.stdout and f'{e["ratio"]:.3f}' in result.stdout
+    assert e['name'] in result.stdout
+    assert e['ratio'] is None or f'{e["ratio"]:.3f}' in result.stdout
 
 
 def test_an_entry_passes_at_or_below_its_target(monkeypatch):
@@ -64,6 +67,18 @@ def test_an_entry_passes_at_or_below_its_target(monkeypatch):
   passed = {e['name']: e['passed'] for e in suite.measure('fake', smoke=True)}
   assert passed == {'fast': True, 'at': True, 'slow': False, 'reported': None}
   assert suite.table(suite.measure('fake', smoke=True)).splitlines()[3].endswith('NO')
+
+
+def test_pytorch_reference_without_pytorch_says_so(monkeypatch):
+  find_spec = pytorch_reference.importlib.util.find_spec
+  monkeypatch.setattr(pytorch_reference.importlib.util, 'find_spec',
+                      lambda name: None if name == 'torch' else find_spec(name))
+  entries = suite.measure('pytorch_reference', smoke=True)
+  assert entries[0]['baseline'] == pytorch_reference.NOT_INSTALLED
+  assert entries[0]['ratio'] is None and entries[0]['passed'] is None
+  assert 'not installed' in suite.table(entries)
+  assert entries[1]['peak_source'] in ('xla', 'numpy')  # The peak needs no PyTorch.
+  assert 0 < entries[1]['fraction_of_peak'] < 1.5
 
 
 def test_select_keeps_registry_order_and_rejects_unknown_names():
@@ -80,7 +95,12 @@ def test_benchmark_smoke(name, capsys):
   printed = capsys.readouterr().out
   assert [(e['name'], e['target']) for e in entries] == SMOKE_ENTRIES[name]
   for e in entries:
-    assert e['seconds'] > 0 and e['baseline_seconds'] > 0
+    assert e['seconds'] > 0
+    if e['ratio'] is None:  # Only a baseline that cannot run here says why.
+      assert e['baseline'] == pytorch_reference.NOT_INSTALLED, e
+      assert 'not installed' in printed
+      continue
+    assert e['baseline_seconds'] > 0
     assert math.isfinite(e['ratio']) and e['ratio'] > 0
     assert e['name'] in printed and f'{e["ratio"]:.3f}' in printed
   json.dumps(entries)  # Serialisable as written to latest.json.
