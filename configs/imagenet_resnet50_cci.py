@@ -10,26 +10,10 @@ data source resizes and center-crops; random-resized-crop augmentation is not
 implemented yet, so expect less than published figures.
 """
 
-from configs import base, cci_schedules
+from configs import cci_schedules, imagenet_resnet50_dense
 
 
 def get_config(method: str = 'dynamic'):
-  config = base.get_base_config()
-  config.model.name = 'resnet50'
-  config.data.source = 'tfds'
-  config.data.name = 'imagenet2012'
-  config.data.test_split = 'validation'
-  config.data.image_size = 224
-  config.data.crop_padding = 0
-  config.batch_size = 256
-  config.eval_batch_size = 256
-  config.num_epochs = 90.0
-  config.optimizer.learning_rate = 0.1 * config.batch_size / 256
-  config.optimizer.schedule = 'cosine'
-  config.optimizer.warmup_epochs = 5.0
-  config.optimizer.weight_decay = 1e-4
-  config.log_every_steps = 100
-  config.eval_every_steps = 5000
-  config.checkpoint_every_steps = 5000
+  config = imagenet_resnet50_dense.get_config()
   cci_schedules.apply(config, method, dense_workdir='runs/r50_dense')
   return config

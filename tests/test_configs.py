@@ -34,3 +34,17 @@ def test_cci_configs_take_the_algorithm_as_argument():
     config = module.get_config(method)
     assert config.sparsity.method == method
     assert bool(config.init_from) == (method != 'dynamic')
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_configs_derive_only_from_dense_configs(name):
+  """A method config builds on its architecture's dense config, never on another
+  method's: editing a CCI config must not change a C2S2 or baseline config."""
+  source = open(os.path.join(CONFIG_DIR, f'{name}.py')).read()
+  imported = re.findall(r'^from configs import (.+)$', source, re.MULTILINE)
+  bases = {n.strip() for line in imported for n in line.split(',')} - HELPERS
+  for base_name in bases:
+    config = importlib.import_module(f'configs.{base_name}').get_config()
+    assert config.sparsity.method == 'none', (name, base_name)
+    assert config.channel_pruning.method == 'none', (name, base_name)
+    assert not config.init_from, (name, base_name)

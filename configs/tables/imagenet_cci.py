@@ -11,7 +11,8 @@ filter pruning fine-tune it for 22.5 epochs at lr 0.01; `dynamic` trains 90 epoc
 from configs.tables import cifar10_cci
 from train.tables import Row, Table
 
-DENSE = 'configs/imagenet_resnet50_cci.py'
+DENSE = 'configs/imagenet_resnet50_dense.py'
+CCI = 'configs/imagenet_resnet50_cci.py'
 BASELINES = 'configs/imagenet_resnet50_baselines.py'
 
 
@@ -19,7 +20,7 @@ def get_table(preset: str) -> Table:
   if preset != 'paper':
     raise ValueError(f'Table imagenet_cci has only the paper preset, not {preset!r}.')
   common = {'data.held_out': 5000}
-  rows = [Row('r50_dense', 'dense', 'dense', DENSE, {**common, 'sparsity.method': 'none'})]
+  rows = [Row('r50_dense', 'dense', 'dense', DENSE, common)]
   rows += [Row(f'r50_unstructured_{d}', f'unstructured {d}% (GMP)', 'unstructured',
                f'{BASELINES}:unstructured', {'sparsity.keep': k}, start_from='r50_dense')
            for d, k in (('25', 2), ('12.5', 1))]
@@ -29,7 +30,7 @@ def get_table(preset: str) -> Table:
   for name, group, keep in cifar10_cci.PATTERNS:
     for method in ('oneshot', 'gradual', 'dynamic'):
       rows.append(Row(f'r50_cci_{name}_{method}', f'CCI {keep} of {group} {method}',
-                      f'CCI {method}', f'{DENSE}:{method}',
+                      f'CCI {method}', f'{CCI}:{method}',
                       {**common, 'sparsity.group_size': group, 'sparsity.keep': keep},
                       start_from='' if method == 'dynamic' else 'r50_dense'))
   return Table('imagenet_cci', 'CCI on ImageNet ResNet-50 (paper preset)',
