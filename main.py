@@ -5,15 +5,21 @@ r"""Trains or evaluates one experiment.
       --config.num_epochs=2
   python main.py --workdir=/tmp/quickstart --mode=eval
   python main.py --workdir=runs/cci --mode=efficiency --reference=runs/dense
+
+An error the user can fix (a bad config value, missing data or `init_from`, no intact
+checkpoint, a full disk, a non-finite loss) ends the run with one line on stderr and
+exit status 1; `--verbosity=1` or CCI_C2S2_TRACEBACK=1 shows the traceback instead.
 """
 
 import logging as std_logging
+import os
+import sys
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from train import distributed, loop, workdir as workdir_lib
+from train import distributed, errors, loop, workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).', lock_config=True)
@@ -38,7 +44,33 @@ class _QuietCheckpointLogs(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
 
 
+def _exit_with_one_line(error: Exception) -> None:
+  """Prints `error` on one stderr line and exits 1, unless a traceback was asked for."""
+  if os.environ.get(errors.DEBUG_ENV) or flags.FLAGS.verbosity >= 1:
+    raise error
+  if isinstance(error, errors.UserError):
+    message = str(error)
+  elif errors.is_disk_full(error):
+    message = str(errors.DiskFullError(getattr(error, 'filename', None) or _WORKDIR.value))
+  else:  # ValueError, FileNotFoundError: bad config values, data, workdirs.
+    message = (f'{error} (--verbosity=1 or {errors.DEBUG_ENV}=1 shows where it was '
+               'raised)')
+  logging.flush()
+  print(f'Error: {" ".join(message.split())}', file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
 def main(argv: list[str]) -> None:
+  try:
+    _run(argv)
+  except (errors.UserError, ValueError, FileNotFoundError, OSError) as e:
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and (
+        not errors.is_disk_full(e)):
+      raise
+    _exit_with_one_line(e)
+
+
+def _run(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
