@@ -14,6 +14,7 @@ exit status 1; `--verbosity=1` or CCI_C2S2_TRACEBACK=1 shows the traceback inste
 import logging as std_logging
 import os
 import sys
+import warnings
 
 from absl import app, flags, logging
 import jax
@@ -38,10 +39,25 @@ flags.mark_flag_as_required('workdir')
 
 
 class _QuietCheckpointLogs(std_logging.Filter):
-  """Keeps orbax's per-save INFO lines out of the progress log."""
+  """Keeps orbax's per-save INFO lines out of the progress log, and its traceback of a
+  save that ran out of space (main.py reports that in one line)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+    if 'orbax' not in record.pathname:
+      return True
+    if record.exc_info and errors.is_disk_full(record.exc_info[1]):
+      return flags.FLAGS.verbosity >= 1
+    return record.levelno >= std_logging.WARNING
+
+
+def _quiet_closed_loop_callbacks(unraisable) -> None:
+  """Drops tensorstore's callbacks into the event loop of a failed orbax write (each
+  would print a traceback); everything else goes to Python's hook."""
+  if (isinstance(unraisable.exc_value, RuntimeError)
+      and str(unraisable.exc_value) == 'Event loop is closed'
+      and flags.FLAGS.verbosity < 1):
+    return
+  sys.__unraisablehook__(unraisable)
 
 
 def _exit_with_one_line(error: Exception) -> None:
@@ -56,6 +72,8 @@ def _exit_with_one_line(error: Exception) -> None:
     message = (f'{error} (--verbosity=1 or {errors.DEBUG_ENV}=1 shows where it was '
                'raised)')
   logging.flush()
+  # Orbax's coroutines cut short by the error would warn when collected at exit.
+  warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
   print(f'Error: {" ".join(message.split())}', file=sys.stderr, flush=True)
   sys.exit(1)
 
@@ -74,6 +92,7 @@ def _run(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
+  sys.unraisablehook = _quiet_closed_loop_callbacks
   distributed.maybe_initialize()  # Before any other JAX call.
   logging.info('JAX %s, %d process(es), devices: %s', jax.__version__,
                jax.process_count(), jax.devices())

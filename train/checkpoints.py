@@ -59,13 +59,13 @@ class _TestHooks(ocp.path.atomicity.AtomicRenameTemporaryPath):
   `errors.FULL_DISK_ENV`."""
 
   async def create(self):
-    errors.fail_if_disk_full_simulated(str(self.get_final()))
     path = await super().create()
     _kill_if_targeted(self.get_final(), 'create')
     return path
 
   async def finalize(self, *args, **kwargs):
     _kill_if_targeted(self.get_final(), 'commit')
+    errors.fail_if_disk_full_simulated(str(self.get_final()))
     return await super().finalize(*args, **kwargs)
 
 
@@ -95,6 +95,8 @@ class Checkpointer:
       errors.DiskFullError: this or the previous save ran out of space.
     """
     meta = {**meta, CHECKSUMS_KEY: checksums(state)}
+    with self._naming_full_disk(self._saving):  # The previous save's background part.
+      self._manager.wait_until_finished()
     with self._naming_full_disk(step):
       self._manager.save(
           step, force=True,

@@ -24,8 +24,8 @@ class DiskFullError(UserError, OSError):
 
   def __init__(self, path: str):
     super().__init__(
-        f'No space left on the device while writing {path}; the previous checkpoint '
-        'is intact. Free some space (or use another --workdir) and rerun the same '
+        f'No space left on the device while writing {path}; what was written before '
+        'it is intact. Free some space (or use another --workdir) and rerun the same '
         'command to resume.')
     self.path = path
 
