@@ -18,6 +18,7 @@ import warnings
 
 from absl import app, flags, logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 from train import distributed, errors, loop, workdir as workdir_lib
@@ -69,13 +70,40 @@ def _exit_with_one_line(error: Exception) -> None:
   elif errors.is_disk_full(error):
     message = str(errors.DiskFullError(getattr(error, 'filename', None) or _WORKDIR.value))
   else:  # ValueError, FileNotFoundError: bad config values, data, workdirs.
-    message = (f'{error} (--verbosity=1 or {errors.DEBUG_ENV}=1 shows where it was '
-               'raised)')
+    message = str(error)
   logging.flush()
   # Orbax's coroutines cut short by the error would warn when collected at exit.
   warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
   print(f'Error: {" ".join(message.split())}', file=sys.stderr, flush=True)
   sys.exit(1)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser; a `--config.KEY` override that names no key stops in one line."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except AttributeError as e:  # ml_collections: "'key'\nDid you mean ...?"
+    if os.environ.get(errors.DEBUG_ENV):
+      raise
+    message = str(e).strip('\'"').replace("\\'", "'").replace('\\n', ' ').replace('\n', ' ')
+    print(f'Error: a --config override names no config key: {message}', file=sys.stderr)
+    sys.exit(1)
+
+
+def _config() -> ml_collections.ConfigDict | None:
+  """The --config file's config; one line naming the file if it cannot be loaded."""
+  config = _CONFIG.value
+  try:
+    if config is not None:
+      config.get('seed')  # A failed load raises at its first use.
+    return config
+  except OSError as e:
+    cause = e
+    while cause.__cause__ is not None:
+      cause = cause.__cause__
+    raise errors.UserError(
+        f'--config={config_flags.get_config_filename(flags.FLAGS["config"])} cannot be '
+        f'loaded: {cause}') from e
 
 
 def main(argv: list[str]) -> None:
@@ -96,7 +124,7 @@ def _run(argv: list[str]) -> None:
   distributed.maybe_initialize()  # Before any other JAX call.
   logging.info('JAX %s, %d process(es), devices: %s', jax.__version__,
                jax.process_count(), jax.devices())
-  config = _CONFIG.value
+  config = _config()
   if _MODE.value != 'train':
     config = config or workdir_lib.load_config(_WORKDIR.value)
   if _MODE.value == 'eval':
@@ -110,4 +138,4 @@ def _run(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
