@@ -210,7 +210,7 @@ class DamagedCheckpointError(errors.UserError):
 
 @dataclasses.dataclass
 class _Failure:
-  message: str  # The first line of the exception raised.
+  message: str  # The exception raised (its first 1,000 characters).
   cause: str  # The first line of the innermost exception it was raised from.
 
 
@@ -227,7 +227,7 @@ def _attempt(read: Callable[[], Any]) -> tuple[Any, _Failure | None]:
     innermost = e
     for _ in range(20):  # Chains are short; this bounds a cyclic one.
       innermost = innermost.__cause__ or innermost.__context__ or innermost
-    failure = _Failure(_first_line(e), _first_line(innermost))
+    failure = _Failure(str(e)[:1000], _first_line(innermost))
   hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
   try:
     gc.collect()
