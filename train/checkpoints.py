@@ -17,12 +17,8 @@ made, nothing of the arrays written) or at `commit` (the default: every array an
 JSON record written, the rename not yet done).
 """
 
-import dataclasses
-import gc
 import os
 import signal
-import sys
-import zlib
 from typing import Any, Callable
 
 from absl import logging
@@ -30,7 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from train import errors
+from train import errors, integrity
 from train import workdir as workdir_lib
 
 KILL_DURING_SAVE_ENV = 'CCI_C2S2_KILL_DURING_SAVE'
@@ -94,7 +90,7 @@ class Checkpointer:
     Raises:
       errors.DiskFullError: this or the previous save ran out of space.
     """
-    meta = {**meta, CHECKSUMS_KEY: checksums(state)}
+    meta = {**meta, CHECKSUMS_KEY: integrity.checksums(state)}
     with self._naming_full_disk(self._saving):  # The previous save's background part.
       self._manager.wait_until_finished()
     with self._naming_full_disk(step):
@@ -110,19 +106,20 @@ class Checkpointer:
     Raises:
       ValueError: the checkpoint does not fit `abstract_state` (another model or
         other widths).
-      DamagedCheckpointError: it cannot be read or its arrays fail their checksums.
+      integrity.DamagedCheckpointError: it cannot be read, or an array fails its
+        checksum.
     """
     meta, crcs = self._read_meta(step)
-    restored, failure = _attempt(lambda: self._manager.restore(
+    restored, failure = integrity.attempt(lambda: self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))))
     if failure:
-      _, unreadable = _attempt(lambda: _read_as_saved(self.directory, step))
+      _, unreadable = integrity.attempt(lambda: _read_as_saved(self.directory, step))
       if unreadable:
-        raise DamagedCheckpointError(self.path(step), unreadable.cause)
+        raise integrity.DamagedCheckpointError(self.path(step), unreadable.cause)
       raise ValueError(
           f'Checkpoint {self.path(step)} does not match the configured model '
           f'(another model, widths or method?): {failure.message}')
-    _verify(self.path(step), restored.state, crcs)
+    integrity.verify(self.path(step), restored.state, crcs)
     return restored.state, meta
 
   def restore_latest(self, abstract_for: Callable[[dict[str, Any]], Any]
@@ -143,7 +140,7 @@ class Checkpointer:
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         return (step, *self.restore(step, abstract_for(self._read_meta(step)[0])))
-      except DamagedCheckpointError as e:
+      except integrity.DamagedCheckpointError as e:
         damaged.append(self._move_aside(step, e))
     if damaged:
       raise errors.UserError(
@@ -173,18 +170,18 @@ class Checkpointer:
       self._manager.close()
 
   def _naming_full_disk(self, step: int | None):
-    return _NamingFullDisk(self.path(step) if step is not None else self.directory)
+    return errors.naming_full_disk(self.path(step) if step is not None else self.directory)
 
   def _read_meta(self, step: int) -> tuple[dict[str, Any], dict[str, int]]:
     """The JSON record of `step` and the checksums saved in it ({} if none)."""
-    restored, failure = _attempt(lambda: self._manager.restore(
+    restored, failure = integrity.attempt(lambda: self._manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())))
     if failure:
-      raise DamagedCheckpointError(self.path(step), failure.cause)
+      raise integrity.DamagedCheckpointError(self.path(step), failure.cause)
     meta = dict(restored.meta)
     return meta, meta.pop(CHECKSUMS_KEY, None) or {}
 
-  def _move_aside(self, step: int, error: 'DamagedCheckpointError') -> str:
+  def _move_aside(self, step: int, error: integrity.DamagedCheckpointError) -> str:
     """Moves the damaged checkpoint at `step` to `damaged/`; returns where it went."""
     target = os.path.join(self.directory, DAMAGED_DIR, str(step))
     suffix = 0
@@ -198,97 +195,6 @@ class Checkpointer:
       os.replace(self.path(step), target)
     self._manager.reload()
     return target
-
-
-class DamagedCheckpointError(errors.UserError):
-  """A checkpoint that cannot be read, or whose arrays fail their checksums."""
-
-  def __init__(self, path: str, why: str):
-    super().__init__(f'Checkpoint {path} is damaged ({why})')
-    self.path = path
-
-
-@dataclasses.dataclass
-class _Failure:
-  message: str  # The exception raised (its first 1,000 characters).
-  cause: str  # The first line of the innermost exception it was raised from.
-
-
-def _attempt(read: Callable[[], Any]) -> tuple[Any, _Failure | None]:
-  """`read()` and None, or None and why it failed.
-
-  A failed orbax read leaves coroutines that print tracebacks ("Exception ignored")
-  when they are collected; they are collected here, quietly, once the failure is
-  dropped.
-  """
-  try:
-    return read(), None
-  except Exception as e:  # pylint: disable=broad-except
-    innermost = e
-    for _ in range(20):  # Chains are short; this bounds a cyclic one.
-      innermost = innermost.__cause__ or innermost.__context__ or innermost
-    failure = _Failure(str(e)[:1000], _first_line(innermost))
-  hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
-  try:
-    gc.collect()
-  finally:
-    sys.unraisablehook = hook
-  return None, failure
-
-
-class _NamingFullDisk:
-  """Turns an error caused by a full disk into `errors.DiskFullError(path)`."""
-
-  def __init__(self, path: str):
-    self.path = path
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, kind, error, traceback):
-    if error is not None and not isinstance(error, errors.UserError) and (
-        errors.is_disk_full(error)):
-      raise errors.DiskFullError(self.path) from error
-    return False
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
-  return (text[0] if text else type(error).__name__)[:300]
-
-
-def _leaf_name(path: tuple[Any, ...]) -> str:
-  """'params/conv/kernel' for a dataclass field, dict key or sequence index path."""
-  parts = []
-  for key in path:
-    for attribute in ('key', 'name', 'idx'):
-      if hasattr(key, attribute):
-        parts.append(str(getattr(key, attribute)))
-        break
-  return '/'.join(parts)
-
-
-def _host(leaf: Any) -> np.ndarray:
-  if isinstance(leaf, jax.Array):
-    leaf = leaf.addressable_data(0)  # The state is replicated: one copy is all of it.
-  return np.ascontiguousarray(np.asarray(leaf))
-
-
-def checksums(tree: Any) -> dict[str, int]:
-  """CRC-32 of the bytes of every array of `tree`, by '/'-joined path."""
-  return {_leaf_name(path): zlib.crc32(_host(leaf).view(np.uint8))
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _verify(path: str, tree: Any, expected: dict[str, int]) -> None:
-  """Raises DamagedCheckpointError if an array of `tree` differs from its checksum.
-
-  Arrays without a checksum (checkpoints saved before they were recorded) are taken
-  as they read.
-  """
-  for name, crc in checksums(tree).items():
-    if name in expected and expected[name] != crc:
-      raise DamagedCheckpointError(path, f'{name} differs from its checksum')
 
 
 class NonFiniteError(errors.UserError):
@@ -392,18 +298,18 @@ def load_variables(workdir: str, like: Any, key: str = 'config.init_from') -> An
   manager, directory, step = _open_read_only(workdir, key)
   path = os.path.join(directory, str(step))
   try:
-    meta, failure = _attempt(lambda: manager.restore(
+    meta, failure = integrity.attempt(lambda: manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
     if not failure:
-      variables, failure = _attempt(
+      variables, failure = integrity.attempt(
           lambda: _restore_as_saved(manager, step, _variables(like)))
   finally:
     manager.close()
   try:
     if failure:
-      raise DamagedCheckpointError(path, failure.cause)
-    _verify(path, variables, meta.get(CHECKSUMS_KEY) or {})
-  except DamagedCheckpointError as e:
+      raise integrity.DamagedCheckpointError(path, failure.cause)
+    integrity.verify(path, variables, meta.get(CHECKSUMS_KEY) or {})
+  except integrity.DamagedCheckpointError as e:
     raise errors.UserError(
         f'{key}={workdir}: {e}. Rerun the training of {workdir}: it moves the damaged '
         'checkpoint aside and resumes from its newest intact one.') from None

@@ -6,6 +6,7 @@ data raise `ValueError` or `FileNotFoundError` naming the key or file, which mai
 reports the same way. `DEBUG_ENV=1` (or `--verbosity=1`) shows the traceback instead.
 """
 
+import contextlib
 import errno
 import os
 
@@ -46,3 +47,14 @@ def fail_if_disk_full_simulated(path: str) -> None:
   target = os.environ.get(FULL_DISK_ENV, '')
   if target and os.path.abspath(target) == os.path.abspath(path):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+@contextlib.contextmanager
+def naming_full_disk(path: str):
+  """Turns an error caused by a full disk inside the block into `DiskFullError(path)`."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, UserError) or not is_disk_full(e):
+      raise
+    raise DiskFullError(path) from e

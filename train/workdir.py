@@ -155,17 +155,15 @@ def write_json(path: str, value: Any) -> None:
   """
   tmp = path + '.tmp'
   try:
-    errors.fail_if_disk_full_simulated(path)
-    with open(tmp, 'w') as f:
-      json.dump(value, f, indent=2, sort_keys=True, default=_to_builtin)
-      f.write('\n')
-    os.replace(tmp, path)
-  except OSError as e:
-    if os.path.exists(tmp):
+    with errors.naming_full_disk(path):
+      errors.fail_if_disk_full_simulated(path)
+      with open(tmp, 'w') as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=_to_builtin)
+        f.write('\n')
+      os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):  # Failed half-way: no half-written file is left.
       os.remove(tmp)
-    if errors.is_disk_full(e):
-      raise errors.DiskFullError(path) from e
-    raise
 
 
 def creating_command(workdir: str) -> str:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import checkpoints, errors
+from train import checkpoints, errors, integrity
 from train.checkpoints import Checkpointer
 
 
@@ -41,10 +41,10 @@ def rewrite_meta(directory, step, edit) -> None:
 
 
 def test_checksums_name_every_array_by_path():
-  sums = checkpoints.checksums(tree(1.0))
+  sums = integrity.checksums(tree(1.0))
   assert set(sums) == {'params/w', 'step'}
-  assert sums == checkpoints.checksums(jax.device_get(tree(1.0)))  # Device or host.
-  assert sums['params/w'] != checkpoints.checksums(tree(2.0))['params/w']
+  assert sums == integrity.checksums(jax.device_get(tree(1.0)))  # Device or host.
+  assert sums['params/w'] != integrity.checksums(tree(2.0))['params/w']
 
 
 def test_a_damaged_latest_is_moved_aside_and_the_previous_restored(tmp_path):
