@@ -430,12 +430,11 @@ class Driver:
   # The schedule -------------------------------------------------------------------
 
   def run(self) -> dict[str, int]:
-    latest = self.ckpt.latest_step()
-    if latest is None:
+    restored = self.ckpt.restore_latest(self._abstract)  # Damaged ones moved aside.
+    if restored is None:
       pos, state = self._start()
     else:
-      pos = self.ckpt.meta(latest)
-      state, _ = self.ckpt.restore(latest, self._abstract(pos))
+      latest, state, pos = restored
       logging.info('C2S2: resuming at step %d (unit %d, %s).', latest, pos['unit'],
                    pos['phase'])
     try:

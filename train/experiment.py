@@ -5,6 +5,7 @@ first training step, and names the key at fault.
 """
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ import optax
 
 import cci
 from train import checkpoints, data, methods, models, optim, steps
+from train import workdir as workdir_lib
 from train.models import stats
 from train.state import TrainState
 
@@ -70,9 +72,12 @@ def resolve_widths(config: ml_collections.ConfigDict, workdir: str,
   """Default widths, then a widths file saved in the workdir, then `model.widths`."""
   widths = models.default_widths(config.model.name, num_classes,
                                   shortcut=config.model.shortcut)
-  saved = os.path.join(workdir, WIDTHS_FILE)
-  if os.path.exists(saved):
-    widths.update(models.load_widths(saved))
+  saved = workdir_lib.read_record(os.path.join(workdir, WIDTHS_FILE))
+  if saved is None:  # Missing or damaged: the kernels of a checkpoint say the same.
+    saved = checkpoints.saved_widths(
+        os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), widths)
+  if saved:
+    widths.update(models.load_widths(json.dumps(saved)))
   widths.update(models.load_widths(config.model.widths))
   return widths
 

@@ -8,8 +8,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from train import (c2s2_driver, channel_baselines, checkpoints, data, experiment, metrics,
-                   provenance, report, steps)
+from train import (c2s2_driver, channel_baselines, checkpoints, data, errors, experiment,
+                   metrics, provenance, report, steps)
 from train import workdir as workdir_lib
 from train.checkpoints import Checkpointer, abstract_like, check_finite
 
@@ -52,17 +52,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   experiment.write_widths(exp, workdir)
   ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
                       config.keep_checkpoints)
-  start, meta = ckpt.latest_step() or 0, {}
-  if start:
-    state, meta = ckpt.restore(start, abstract_like(
-        experiment.abstract_state(exp), steps.replicated(exp.mesh)))
+  restored = ckpt.restore_latest(lambda _: abstract_like(
+      experiment.abstract_state(exp), steps.replicated(exp.mesh)))
+  if restored:
+    start, state, meta = restored
     logging.info('Resuming from step %d of %d.', start, exp.total_steps)
   else:
-    state = experiment.init_state(exp)
+    start, state, meta = 0, experiment.init_state(exp), {}
   is_chief = jax.process_index() == 0
   summary_path = os.path.join(workdir, SUMMARY_FILE)
-  # Killed after its last checkpoint but before its summary: evaluate and log again.
-  redo_final = start == exp.total_steps and not os.path.exists(summary_path)
+  # Killed after its last checkpoint but before its summary (or the summary is
+  # damaged): evaluate and log again.
+  redo_final = is_chief and start == exp.total_steps and (
+      workdir_lib.read_record(summary_path) is None)
   writer = metrics.MetricWriter(workdir, start, redo_final) if is_chief else None
   train_step = steps.make_train_step(exp.model, exp.method, exp.schedule,
                                      exp.dataset.mean, exp.dataset.std, exp.mesh)
@@ -161,12 +163,13 @@ def restore_latest(config: ml_collections.ConfigDict,
   exp = experiment.build(config, workdir)
   ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
                       config.keep_checkpoints, read_only=True)
-  step = ckpt.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'No checkpoint in {ckpt.directory}.')
-  state, _ = ckpt.restore(step, abstract_like(experiment.abstract_state(exp),
-                                              steps.replicated(exp.mesh)))
+  restored = ckpt.restore_latest(lambda _: abstract_like(
+      experiment.abstract_state(exp), steps.replicated(exp.mesh)))
   ckpt.close()
+  if restored is None:
+    raise errors.UserError(f'No checkpoint in {ckpt.directory}.')
+  step, state, _ = restored
+  logging.info('Restored checkpoint %s.', ckpt.path(step))
   return exp, state, step
 
 
@@ -178,7 +181,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   result = {**experiment.evaluate(exp, state, eval_step), 'step': step}
   if jax.process_index() == 0:
     workdir_lib.write_json(os.path.join(workdir, EVAL_FILE), result)
-  logging.info('Checkpoint %d: test top-1 %.4f, loss %.4f.', step, result['top1'],
+  logging.info('Checkpoint %d (%s): test top-1 %.4f, loss %.4f.', step,
+               os.path.join(workdir, workdir_lib.CHECKPOINT_DIR, str(step)), result['top1'],
                result['loss'])
   return result
 
@@ -190,7 +194,8 @@ def efficiency(config: ml_collections.ConfigDict, workdir: str, reference: str,
   reference = reference or config.init_from
   ref = None
   if reference:
-    ref = checkpoints.load_variables(reference, exp.variables)['params']
+    key = '--reference' if reference != config.init_from else 'config.init_from'
+    ref = checkpoints.load_variables(reference, exp.variables, key)['params']
   elif exp.method.sparsity is not None:
     raise ValueError(
         f'{workdir} is CCI-sparse: its pruned weights are zero, so magnitude masks of '

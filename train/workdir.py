@@ -1,19 +1,26 @@
 """What a workdir holds besides checkpoints: its config, widths and result files."""
 
+import ast
+import glob
 import json
 import os
+import re
 import shutil
 from typing import Any, Mapping
 
+from absl import logging
 import ml_collections
 
 from configs import base
+from train import errors
 
 CONFIG_FILE = 'config.json'
+_CONFIGS_DIR = os.path.dirname(os.path.abspath(base.__file__))
 CHECKPOINT_DIR = 'checkpoints'
 SELECTION_DIR = 'selection'  # C2S2's progressive selection, before the final fine-tune.
 DECISIONS_FILE = 'c2s2.jsonl'  # C2S2's cost-check decisions, one JSON object a line.
-RUN_DIRS = (CHECKPOINT_DIR, SELECTION_DIR)
+DAMAGED_DIR = 'damaged'  # Damaged JSON files, moved aside (checkpoints: CHECKPOINT_DIR/damaged).
+RUN_DIRS = (CHECKPOINT_DIR, SELECTION_DIR, DAMAGED_DIR)
 RUN_FILES = ('metrics.jsonl', 'summary.json', 'eval.json', DECISIONS_FILE, 'widths.json',
              'layers.json', 'efficiency.json')
 # Keys that change how a run is watched, not what it computes; they may differ
@@ -66,14 +73,17 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) ->
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
   if has_checkpoints(workdir):
-    if os.path.exists(path):
-      diff = config_differences(read_json(path), config.to_dict())
+    saved = read_record(path)
+    if saved is not None:
+      diff = config_differences(saved, config.to_dict())
       why = (f'checkpoints of another experiment (config keys that differ: '
              f'{", ".join(diff)})')
     else:
       diff = [CONFIG_FILE]
-      why = (f'checkpoints but no {CONFIG_FILE}, so not known to be of this '
-             'experiment')
+      damaged = os.path.exists(os.path.join(workdir, DAMAGED_DIR, CONFIG_FILE))
+      why = (f'checkpoints but no {CONFIG_FILE}'
+             f'{" (it was damaged: moved to " + DAMAGED_DIR + "/)" if damaged else ""}, '
+             'so not known to be of this experiment')
     if diff and not overwrite:
       raise ValueError(
           f'Workdir {workdir} holds {why}. Use another --workdir, or pass '
@@ -103,9 +113,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(
         f'{path} not found: {workdir} is not a training workdir; pass --config.')
+  saved = read_record(path)
+  if saved is None:
+    raise errors.UserError(
+        f'{path} was damaged (moved to {os.path.join(workdir, DAMAGED_DIR)}/); pass '
+        'the --config it was trained with.')
   # Keys added to the project since the run started take their defaults.
   config = base.get_base_config()
-  config.update(read_json(path))
+  config.update(saved)
   config.lock()
   return config
 
@@ -121,13 +136,57 @@ def read_jsonl(path: str) -> list[Any]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def read_record(path: str) -> Any:
+  """The JSON file at `path`; None if it is missing or damaged.
+
+  A damaged file (not JSON) is reported in one warning and moved to `damaged/` beside
+  it, never deleted; the caller falls back to what it does without the file.
+  """
+  if not os.path.exists(path):
+    return None
+  try:
+    return read_json(path)
+  except ValueError as e:  # JSONDecodeError and UnicodeDecodeError.
+    target = os.path.join(os.path.dirname(path), DAMAGED_DIR, os.path.basename(path))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(path, target)
+    logging.warning('%s is damaged (%s); moved to %s.', path, e, target)
+    return None
+
+
 def write_json(path: str, value: Any) -> None:
-  """Writes atomically: a reader never sees half a file."""
+  """Writes atomically: a reader never sees half a file.
+
+  Raises:
+    errors.DiskFullError: no space left; the previous file is intact.
+  """
   tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True, default=_to_builtin)
-    f.write('\n')
-  os.replace(tmp, path)
+  try:
+    with errors.naming_full_disk(path):
+      errors.fail_if_disk_full_simulated(path)
+      with open(tmp, 'w') as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=_to_builtin)
+        f.write('\n')
+      os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):  # Failed half-way: no half-written file is left.
+      os.remove(tmp)
+
+
+def creating_command(workdir: str) -> str:
+  """The documented command that trains `workdir` (configs/*.py docstrings), or a
+  template of one."""
+  wanted = os.path.abspath(workdir)
+  for config_file in sorted(glob.glob(os.path.join(_CONFIGS_DIR, '*.py'))):
+    with open(config_file) as f:
+      doc = ast.get_docstring(ast.parse(f.read())) or ''
+    doc = doc.replace('\\\n', ' ')  # Continued lines.
+    for command in re.findall(r'python main\.py[^\n]*', doc):
+      command = ' '.join(command.split())
+      found = re.search(r'--workdir=(\S+)', command)
+      if found and os.path.abspath(found.group(1)) == wanted:
+        return command
+  return f'python main.py --config=<the config that trains it> --workdir={workdir}'
 
 
 def _to_builtin(value: Any) -> Any:

@@ -1,10 +1,13 @@
 """The workdir guard and JSON helpers."""
 
+import errno
+import json
 import os
 
 import pytest
 
 from configs import base
+from train import errors
 from train import workdir as workdir_lib
 
 
@@ -59,3 +62,46 @@ def test_keys_added_to_the_project_later_count_as_their_defaults():
   assert workdir_lib.config_differences(old, new) == []
   old['sparsity']['keep'] = 3
   assert workdir_lib.config_differences(old, new) == ['sparsity.keep']
+
+
+def test_creating_command_is_read_from_the_config_docstrings():
+  assert workdir_lib.creating_command('/tmp/quickstart') == (
+      'python main.py --config=configs/quickstart.py --workdir=/tmp/quickstart')
+  # A command continued over two lines, with an override.
+  assert workdir_lib.creating_command('runs/resnet20_cpu_heldout/') == (
+      'python main.py --config=configs/resnet20_cpu.py --config.data.held_out=5000 '
+      '--workdir=runs/resnet20_cpu_heldout')
+  assert workdir_lib.creating_command('/elsewhere') == (
+      'python main.py --config=<the config that trains it> --workdir=/elsewhere')
+
+
+def test_a_damaged_record_is_moved_aside_and_read_as_missing(tmp_path):
+  path = tmp_path / 'summary.json'
+  assert workdir_lib.read_record(str(path)) is None
+  workdir_lib.write_json(str(path), {'top1': 0.5})
+  assert workdir_lib.read_record(str(path)) == {'top1': 0.5}
+  path.write_bytes(b'{"top1": \xff')
+  assert workdir_lib.read_record(str(path)) is None
+  assert not path.exists()
+  assert (tmp_path / 'damaged' / 'summary.json').read_bytes() == b'{"top1": \xff'
+
+
+def half_written_then_full(value, f, **kwargs):
+  del value, kwargs
+  f.write('{"top1": 0.')
+  f.flush()
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize('how', ['test_hook', 'mid_write'])
+def test_a_full_disk_keeps_the_previous_file_and_names_it(tmp_path, monkeypatch, how):
+  path = tmp_path / 'summary.json'
+  workdir_lib.write_json(str(path), {'top1': 0.5})
+  if how == 'test_hook':
+    monkeypatch.setenv(errors.FULL_DISK_ENV, str(path))
+  else:
+    monkeypatch.setattr(json, 'dump', half_written_then_full)
+  with pytest.raises(errors.DiskFullError, match=f'writing {path};'):
+    workdir_lib.write_json(str(path), {'top1': 0.9})
+  assert workdir_lib.read_json(str(path)) == {'top1': 0.5}
+  assert os.listdir(tmp_path) == ['summary.json']  # No half-written temporary file.
