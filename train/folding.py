@@ -184,8 +184,9 @@ def fold_batch_norm(variables: Mapping[str, Any], pairs: tuple[FoldPair, ...]) -
   `(b - mean) * s + norm_bias` (in the `FOLDED_BIAS` collection for a bias-free
   layer); the norm's parameters and statistics are removed.
   """
-  out = {key: dict(value) for key, value in variables.items()}
-  out.setdefault(FOLDED_BIAS, {})
+  if not pairs:
+    return variables
+  out = {**variables, FOLDED_BIAS: dict(variables.get(FOLDED_BIAS, {}))}
   for pair in pairs:
     norm_params = _subtree(variables['params'], pair.norm)
     stats = _subtree(variables['batch_stats'], pair.norm)
@@ -230,8 +231,6 @@ def folded_apply(apply_fn: Callable[[Any, Any], Any],
   return apply
 
 
-def count_weights(variables: Mapping[str, Any]) -> int:
-  """Numbers in the parameter and folded-bias collections."""
-  leaves = jax.tree.leaves({k: v for k, v in variables.items()
-                            if k in ('params', FOLDED_BIAS)})
-  return int(sum(np.size(leaf) for leaf in leaves))
+def count_weights(variables: Any) -> int:
+  """How many numbers the variables hold."""
+  return int(sum(np.size(leaf) for leaf in jax.tree.leaves(variables)))
