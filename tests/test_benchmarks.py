@@ -24,6 +24,9 @@ SMOKE_ENTRIES = {
     'flax_reference': [('flax_reference/resnet8/b8', 1.05)],
     'vgg_conv': [('vgg_conv/vgg16/b2/auto_vs_xla', 1 / 3)],
     'pytorch_reference': [('pytorch_reference/resnet8/b8', None)],
+    'onnx_runtime': [('onnx_runtime/resnet8_half_conv1/b2/ort_compact_vs_dense', None),
+                     ('onnx_runtime/resnet8_half_conv1/b2/ort_vs_xla_compact', None),
+                     ('onnx_runtime/resnet8_half_conv1/b2/ort_vs_xla_dense', None)],
 }
 
 
@@ -49,6 +52,15 @@ def test_cli_runs_a_selection_and_writes_json(tmp_path):
     assert e['name'] in result.stdout and f'{e["ratio"]:.3f}' in result.stdout
 
 
+def test_a_benchmark_without_its_optional_modules_is_skipped(monkeypatch):
+  monkeypatch.setattr(suite.importlib.util, 'find_spec', lambda module: None)
+  logged = []
+  result = suite.run(['onnx_runtime'], smoke=True, log=logged.append)
+  assert result['entries'] == [] and list(result['skipped']) == ['onnx_runtime']
+  assert 'jax2onnx, onnxruntime' in result['skipped']['onnx_runtime']
+  assert logged == [f'skipped onnx_runtime: {result["skipped"]["onnx_runtime"]}']
+
+
 def test_select_keeps_registry_order_and_rejects_unknown_names():
   assert suite.select(None) == list(suite.NAMES)
   assert suite.select(['vgg_conv', 'train_step']) == ['train_step', 'vgg_conv']
@@ -56,8 +68,13 @@ def test_select_keeps_registry_order_and_rejects_unknown_names():
     suite.select(['train_step', 'nope'])
 
 
-@pytest.mark.parametrize('name', suite.NAMES)
+# onnx_runtime's smoke run spends about 30 s importing jax2onnx's plugins: slow.
+@pytest.mark.parametrize('name', [
+    pytest.param(n, marks=pytest.mark.slow) if n == 'onnx_runtime' else n
+    for n in suite.NAMES])
 def test_benchmark_smoke(name, capsys):
+  for module in suite.missing(name):  # Optional extras (requirements-export.txt).
+    pytest.importorskip(module)
   entries = suite.measure(name, smoke=True)
   print(suite.table(entries))
   printed = capsys.readouterr().out

@@ -42,6 +42,9 @@ FILES = {'stablehlo': 'model.stablehlo', 'onnx': 'model.onnx'}
 MANIFEST_FILE = 'manifest.json'
 EXTRAS_FILE = 'requirements-export.txt'
 ONNX_MODULES = ('jax2onnx', 'onnxruntime')
+# Modules each format needs, and the requirements file that installs them.
+REQUIRES = {'stablehlo': (('flatbuffers',), 'requirements.txt'),
+            'onnx': (ONNX_MODULES, EXTRAS_FILE)}
 ONNX_OPSET = 23
 BATCH_AXIS_NAME = 'batch'
 # An artifact's output may differ from the model's by float rounding only: at most
@@ -65,10 +68,12 @@ def parse_formats(formats: Sequence[str]) -> tuple[str, ...]:
   if unknown or not formats:
     raise ExportError(f'Unknown export format(s) {unknown or formats}; choose from '
                       f'{", ".join(FORMATS)}.')
-  missing = [m for m in ONNX_MODULES if 'onnx' in formats and not _installed(m)]
-  if missing:
-    raise ExportError(f'The onnx format needs {", ".join(missing)}, optional extras: '
-                      f'pip install -r {EXTRAS_FILE} (or export --format=stablehlo).')
+  for fmt in formats:
+    modules, requirements = REQUIRES[fmt]
+    missing = [m for m in modules if not _installed(m)]
+    if missing:
+      raise ExportError(f'The {fmt} format needs {", ".join(missing)}: pip install -r '
+                        f'{requirements}.')
   return formats
 
 
@@ -171,8 +176,8 @@ def load(directory: str, fmt: str) -> Runner:
   path = os.path.join(directory, FILES[fmt])
   if fmt == 'stablehlo':
     with open(path, 'rb') as f:
-      exported = jax.export.deserialize(bytearray(f.read()))
-    return lambda x: np.asarray(exported.call(x))
+      call = jax.jit(jax.export.deserialize(bytearray(f.read())).call)
+    return lambda x: np.asarray(call(x))
   import onnxruntime  # pylint: disable=import-outside-toplevel  (optional extra)
   session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
   name = session.get_inputs()[0].name

@@ -224,11 +224,16 @@ def test_a_model_the_exporter_cannot_express_leaves_the_old_export(tmp_path, fmt
   assert sorted(os.listdir(tmp_path)) == ['out']
 
 
-def test_onnx_without_its_extras_names_the_requirements_file(monkeypatch):
+def test_a_format_without_its_modules_names_the_requirements_file(monkeypatch):
   monkeypatch.setattr(export, '_installed', lambda module: module != 'onnxruntime')
-  with pytest.raises(export.ExportError, match='onnxruntime.*requirements-export.txt'):
+  with pytest.raises(export.ExportError, match='onnx format needs onnxruntime: pip install '
+                     '-r requirements-export.txt'):
     export.parse_formats(['stablehlo', 'onnx'])
   assert export.parse_formats(['stablehlo']) == ('stablehlo',)
+  monkeypatch.setattr(export, '_installed', lambda module: module != 'flatbuffers')
+  with pytest.raises(export.ExportError, match='stablehlo format needs flatbuffers: pip '
+                     'install -r requirements.txt'):
+    export.parse_formats(['stablehlo'])
 
 
 def test_command_line_export_with_a_fixed_batch(runs, tmp_path):
