@@ -23,7 +23,6 @@ import cci
 from tests.test_main import ROOT, run_main
 from tests.train.test_c2s2_driver import c2s2_config
 from tests.train.test_cci_training import cci_config
-from tests.train.test_loop import tiny_config
 from train import export, export_run, loop, steps
 from train import workdir as workdir_lib
 
@@ -38,15 +37,11 @@ def train(config, workdir):
 
 @pytest.fixture(scope='module')
 def runs(tiny_dense_workdir, tmp_path_factory):
-  """Finished dense, CCI (dynamic 2 of 8) and C2S2 runs.
-
-  The configs of tests/train/test_cci_training.py and test_c2s2_driver.py: in the
-  whole suite their programs come from the shared compilation cache.
-  """
+  """Finished dense, CCI (dynamic 2 of 8) and C2S2 (one unit: stage 1) runs."""
   new = lambda name: str(tmp_path_factory.mktemp(name))
   return {'dense': tiny_dense_workdir,
           'cci': train(cci_config('dynamic', ''), new('cci')),
-          'c2s2': train(c2s2_config(tiny_dense_workdir), new('c2s2'))}
+          'c2s2': train(c2s2_config(tiny_dense_workdir, include='stage1'), new('c2s2'))}
 
 
 @pytest.fixture(scope='module', params=['dense', 'cci', 'c2s2'])
@@ -189,9 +184,10 @@ def test_export_api_on_a_users_model_and_pure_function(tmp_path):
     np.testing.assert_allclose(run(x[:2]), pure(weights, x[:2]), atol=1e-6)
 
 
-def test_unfinished_run_is_refused_and_nothing_is_written(tmp_path):
-  workdir = str(tmp_path / 'run')
-  loop.train_and_evaluate(tiny_config(), workdir, stop_at_step=4)
+def test_unfinished_run_is_refused_and_nothing_is_written(runs, tmp_path):
+  workdir = str(tmp_path / 'run')  # A run stopped before its summary: checkpoints only.
+  shutil.copytree(runs['dense'], workdir, ignore=shutil.ignore_patterns(
+      'export', loop.SUMMARY_FILE))
   with pytest.raises(export.ExportError, match='no finished run.*summary.json'):
     export_run.export_workdir(workdir_lib.load_config(workdir), workdir, ['stablehlo'])
   assert not [n for n in os.listdir(workdir) if 'export' in n]
