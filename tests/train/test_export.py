@@ -102,10 +102,9 @@ def test_manifest_describes_the_run(exported):
   assert ('cci_packed' in manifest['files']) == (kind == 'cci')
 
 
+@pytest.mark.parametrize('exported', ['cci'], indirect=True)
 def test_cci_packed_weights_unpack_to_the_folded_masked_kernels(exported):
-  kind, workdir, _, _ = exported
-  if kind != 'cci':
-    pytest.skip('CCI runs only')
+  _, workdir, _, _ = exported
   _, state, _, _, _ = in_process(workdir)
   packed = np.load(os.path.join(workdir, 'export', export_run.PACKED_FILE))
   g, k = int(packed['group_size']), int(packed['keep'])
