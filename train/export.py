@@ -160,8 +160,8 @@ def onnx_bytes(fn: Callable[[Any], Any], spec: jax.ShapeDtypeStruct) -> bytes:
   import jax2onnx  # pylint: disable=import-outside-toplevel  (optional extra)
   # jax2onnx warns at length about its plugins for libraries this project lacks.
   logging.getLogger('jax2onnx').setLevel(logging.ERROR)
-  closed = jax.make_jaxpr(fn)(spec)
   try:
+    closed = jax.make_jaxpr(fn)(spec)
     model = jax2onnx.to_onnx(lambda x: _replay(closed.jaxpr, closed.consts, x)[0],
                              [spec], model_name='model', opset=ONNX_OPSET,
                              input_names=['input'], output_names=['output'])

@@ -88,7 +88,7 @@ def find_foldable(apply_fn: Callable[[Any, Any], Any], variables: Any,
       args = (_mark_p.bind(args[0], role='norm', path=path), *args[1:])
       return next_fun(*args, **kwargs)
     out = next_fun(*args, **kwargs)
-    if isinstance(module, _PRODUCERS) and not isinstance(module, nn.DenseGeneral):
+    if isinstance(module, _PRODUCERS):
       out = _mark_p.bind(out, role='layer', path=path)
     return out
 
