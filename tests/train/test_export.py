@@ -183,6 +183,29 @@ def test_export_api_on_a_users_model_and_pure_function(tmp_path):
     np.testing.assert_allclose(run(x[:2]), pure(weights, x[:2]), atol=1e-6)
 
 
+def test_export_of_an_nnx_model_through_its_pure_function(tmp_path):
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(2, 3, (3, 3), rngs=rngs)
+      self.norm = nnx.BatchNorm(3, rngs=rngs)
+      self.head = nnx.Linear(3, 4, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(nnx.relu(self.norm(self.conv(x))).mean((1, 2)))
+
+  net = Net(nnx.Rngs(0))
+  net.eval()
+  graphdef, state = nnx.split(net)
+  x = np.asarray(jax.random.normal(jax.random.key(0), (3, 5, 5, 2)))
+  manifest = export.export(lambda s, x: nnx.merge(graphdef, s)(x), state, x,
+                           str(tmp_path), formats=FORMATS)
+  assert manifest['batch_norm'] == {'folded': {}, 'kept': {}}  # NNX norms stay.
+  for fmt in FORMATS:
+    np.testing.assert_allclose(export.load(str(tmp_path), fmt)(x), net(x), atol=1e-5)
+
+
 def test_unfinished_run_is_refused_and_nothing_is_written(runs, tmp_path):
   workdir = str(tmp_path / 'run')  # A run stopped before its summary: checkpoints only.
   shutil.copytree(runs['dense'], workdir, ignore=shutil.ignore_patterns(
