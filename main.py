@@ -5,6 +5,7 @@ r"""Trains or evaluates one experiment.
       --config.num_epochs=2
   python main.py --workdir=/tmp/quickstart --mode=eval
   python main.py --workdir=runs/cci --mode=efficiency --reference=runs/dense
+  python main.py --workdir=/tmp/quickstart --mode=export --format=stablehlo,onnx
 
 An error the user can fix (a bad config value, missing data or `init_from`, no intact
 checkpoint, a full disk, a non-finite loss) ends the run with one line on stderr and
@@ -21,19 +22,25 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from train import distributed, errors, loop, workdir as workdir_lib
+from train import distributed, errors, export, export_run, loop, workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'efficiency'],
-    'train (resumes if the workdir has checkpoints), eval, or efficiency (the '
-    'accelerator-model table of the latest checkpoint).')
+    'mode', 'train', ['train', 'eval', 'efficiency', 'export'],
+    'train (resumes if the workdir has checkpoints), eval, efficiency (the '
+    'accelerator-model table of the latest checkpoint), or export (the finished '
+    "run's model for inference, into WORKDIR/export).")
 _REFERENCE = flags.DEFINE_string(
     'reference', '', 'efficiency: a dense workdir whose weights choose the '
     'unstructured masks compared at the same density.')
 _PES = flags.DEFINE_integer('pes', 256, 'efficiency: processing elements modelled.')
+_FORMAT = flags.DEFINE_list('format', ['stablehlo'],
+                            f'export: any of {", ".join(export.FORMATS)} (onnx needs '
+                            'pip install -r requirements-export.txt).')
+_BATCH = flags.DEFINE_string('batch', 'dynamic',
+                             'export: the batch size of the artifacts, or dynamic.')
 _OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'Delete checkpoints of another experiment in --workdir.')
 flags.mark_flag_as_required('workdir')
@@ -131,6 +138,8 @@ def _run(argv: list[str]) -> None:
     loop.evaluate_checkpoint(config, _WORKDIR.value)
   elif _MODE.value == 'efficiency':
     loop.efficiency(config, _WORKDIR.value, _REFERENCE.value, _PES.value)
+  elif _MODE.value == 'export':
+    export_run.export_workdir(config, _WORKDIR.value, _FORMAT.value, _BATCH.value)
   elif config is None:
     raise app.UsageError('--config is required to train.')
   else:

@@ -1,6 +1,7 @@
 """The registered benchmarks, running a selection of them and the printed table."""
 
 import importlib
+import importlib.util
 import time
 from typing import Any
 
@@ -11,7 +12,8 @@ from train import provenance
 # order they run. Full sizes: an estimated 6-8 minutes in all on 2 CPU cores; each
 # run records its wall time per benchmark (`wall_seconds`).
 NAMES = ('train_step', 'mask_compute', 'input_pipeline', 'compact_forward',
-         'packed_forward', 'flax_reference', 'vgg_conv', 'pytorch_reference')
+         'packed_forward', 'flax_reference', 'vgg_conv', 'pytorch_reference',
+         'onnx_runtime')
 
 
 def select(only: list[str] | None) -> list[str]:
@@ -21,6 +23,12 @@ def select(only: list[str] | None) -> list[str]:
     raise ValueError(f'Unknown benchmark(s) {", ".join(unknown)}; known: '
                      f'{", ".join(NAMES)}.')
   return [n for n in NAMES if not only or n in only]
+
+
+def missing(name: str) -> list[str]:
+  """The optional modules benchmark `name` needs (its `REQUIRES`) that are not installed."""
+  required = getattr(importlib.import_module(f'benchmarks.{name}'), 'REQUIRES', ())
+  return [m for m in required if importlib.util.find_spec(m) is None]
 
 
 def measure(name: str, smoke: bool) -> list[common.Entry]:
@@ -33,10 +41,19 @@ def measure(name: str, smoke: bool) -> list[common.Entry]:
 
 
 def run(names: list[str], smoke: bool, log: Any = None) -> dict[str, Any]:
-  """Runs `names` in one process; entries, wall seconds per benchmark, the machine."""
-  entries, wall = [], {}
+  """Runs `names` in one process; entries, wall seconds per benchmark, the machine.
+
+  A benchmark whose optional modules are missing is skipped (`skipped` says why).
+  """
+  entries, wall, skipped = [], {}, {}
   start = time.perf_counter()
   for name in names:
+    absent = missing(name)
+    if absent:
+      skipped[name] = f'needs {", ".join(absent)}: pip install -r requirements-export.txt'
+      if log:
+        log(f'skipped {name}: {skipped[name]}')
+      continue
     begin = time.perf_counter()
     new = measure(name, smoke)
     wall[name] = time.perf_counter() - begin
@@ -45,7 +62,7 @@ def run(names: list[str], smoke: bool, log: Any = None) -> dict[str, Any]:
       log(table(new) + f'\n  ({name}: {wall[name]:.0f} s)')
   wall['total'] = time.perf_counter() - start
   return {'entries': entries, 'wall_seconds': wall, 'machine': provenance.machine(),
-          'smoke': smoke}
+          'smoke': smoke, 'skipped': skipped}
 
 
 def _number(value: float | None, digits: int) -> str:

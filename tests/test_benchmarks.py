@@ -26,6 +26,9 @@ SMOKE_ENTRIES = {
     'vgg_conv': [('vgg_conv/vgg16/b2/auto_vs_xla', 1 / 3)],
     'pytorch_reference': [('pytorch_reference/resnet8/b8', None),
                           ('matmul_peak/resnet8/b8', None)],
+    'onnx_runtime': [('onnx_runtime/resnet8_half_conv1/b2/ort_compact_vs_dense', None),
+                     ('onnx_runtime/resnet8_half_conv1/b2/ort_vs_xla_compact', None),
+                     ('onnx_runtime/resnet8_half_conv1/b2/ort_vs_xla_dense', None)],
 }
 
 
@@ -81,6 +84,15 @@ def test_pytorch_reference_without_pytorch_says_so(monkeypatch):
   assert 0 < entries[1]['fraction_of_peak'] < 1.5
 
 
+def test_a_benchmark_without_its_optional_modules_is_skipped(monkeypatch):
+  monkeypatch.setattr(suite.importlib.util, 'find_spec', lambda module: None)
+  logged = []
+  result = suite.run(['onnx_runtime'], smoke=True, log=logged.append)
+  assert result['entries'] == [] and list(result['skipped']) == ['onnx_runtime']
+  assert 'jax2onnx, onnxruntime' in result['skipped']['onnx_runtime']
+  assert logged == [f'skipped onnx_runtime: {result["skipped"]["onnx_runtime"]}']
+
+
 def test_select_keeps_registry_order_and_rejects_unknown_names():
   assert suite.select(None) == list(suite.NAMES)
   assert suite.select(['vgg_conv', 'train_step']) == ['train_step', 'vgg_conv']
@@ -88,8 +100,13 @@ def test_select_keeps_registry_order_and_rejects_unknown_names():
     suite.select(['train_step', 'nope'])
 
 
-@pytest.mark.parametrize('name', suite.NAMES)
+# onnx_runtime's smoke run spends about 30 s importing jax2onnx's plugins: slow.
+@pytest.mark.parametrize('name', [
+    pytest.param(n, marks=pytest.mark.slow) if n == 'onnx_runtime' else n
+    for n in suite.NAMES])
 def test_benchmark_smoke(name, capsys):
+  for module in suite.missing(name):  # Optional extras (requirements-export.txt).
+    pytest.importorskip(module)
   entries = suite.measure(name, smoke=True)
   print(suite.table(entries))
   printed = capsys.readouterr().out
