@@ -40,7 +40,7 @@ def pair(depth: int):
   variables['batch_stats'] = jax.tree.map(  # non-trivial statistics
       lambda v: v + jax.random.uniform(jax.random.key(2), v.shape, minval=0.2, maxval=0.8),
       variables['batch_stats'])
-  model = models.NnxCifarResNet(depth, nnx.Rngs(5))
+  model = models.build(functools.partial(models.NnxCifarResNet, depth), 5)
   state = nnx.state(model)
   nnx.replace_by_pure_dict(state, _merge(variables['params'], variables['batch_stats']))
   nnx.update(model, state)

@@ -17,7 +17,7 @@ from tests.nnx import models
 def test_the_readme_examples_run_on_an_nnx_model(tmp_path):
   blocks = readme_blocks('Your own NNX model')
   assert len(blocks) == 3
-  make_model = lambda: models.ResidualNet(nnx.Rngs(0))
+  make_model = lambda: models.build(models.ResidualNet)
   model = make_model()
   images = jax.random.normal(jax.random.key(3), (3, 4, 8, 8, 3))
   model.eval()
@@ -57,7 +57,7 @@ def test_the_readme_examples_run_on_an_nnx_model(tmp_path):
 
   exec(blocks[2], namespace)  # pylint: disable=exec-used
   result = namespace['result']
-  assert result.decisions and result.reference['top1'] == 1.0
+  assert [d['unit'] for d in result.decisions if d['retry'] == 0] == [0, 1]
   kept = {}
   for decision in result.decisions:
     if decision['action'] in ('accept', 'give_up'):

@@ -27,7 +27,7 @@ UNIT = ('blocks/0/conv1', 'blocks/1/conv1')  # the groups outside residual strea
 @functools.cache
 def problem():
   """The model, endless training batches and the held-out batches (its labels)."""
-  model = models.ResidualNet(nnx.Rngs(0))
+  model = models.build(models.ResidualNet)
   model.eval()
   images = jax.random.normal(jax.random.key(3), (3, 4, 8, 8, 3))
   labels = jnp.argmax(jax.vmap(model)(images), -1)
