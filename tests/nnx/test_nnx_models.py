@@ -155,6 +155,14 @@ def test_cci_on_the_param_state_trains_and_ends_exactly_k_of_g(case):
   _assert_exactly_k_of_g(params, cci.find_state(opt_state).masks, spec)
 
 
+def test_spec_for_refuses_a_state_with_batch_statistics():
+  model, _, _ = setup(CASES[0])
+  with pytest.raises(ValueError, match=r'nnx.state\(model, nnx.Param\).*BatchStat'):
+    cci.spec_for(nnx.state(model), total_steps=6)
+  spec = cci.spec_for(nnx.state(model, nnx.Param), include='layers/4', total_steps=6)
+  assert spec.grouped == ('layers/4/kernel',)
+
+
 @pytest.mark.parametrize('method', cci.METHODS)
 def test_cci_with_nnx_optimizer_every_algorithm(method):
   """nnx.Optimizer around the wrapper; `cci.nnx.masked` for the forward pass."""
