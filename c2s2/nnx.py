@@ -158,21 +158,17 @@ def with_variables(model: nnx.Module, variables: Mapping[str, Any]) -> nnx.Modul
   """
   copy = nnx.clone(model)
   flat = _flat(copy)
-  before = {path: tuple(np.shape(variable.get_value())) for path, variable in flat}
   state = _state_with(flat, variables)
-  changed: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {}
-  for path, variable in nnx.to_flat_state(state):
-    shape = tuple(np.shape(variable.get_value()))
-    if shape != before[path]:
-      changed.setdefault(_keys(path[:-1]), {})[str(path[-1])] = shape
+  before = {_keys(path): np.shape(variable.get_value()) for path, variable in flat}
+  after = {_keys(path): np.shape(variable.get_value())
+           for path, variable in nnx.to_flat_state(state)}
+  changed = {path[:-1] for path, shape in after.items() if shape != before[path]}
   resized = []
   for path, module in nnx.iter_graph(copy):
     if isinstance(module, nnx.Module) and _keys(path) in changed:
-      name = _name(_keys(path), module)
-      shapes = {key: tuple(np.shape(getattr(module, key).get_value()))
-                for key in changed[_keys(path)]}
-      shapes.update(changed[_keys(path)])
-      resized.append((module, _fields(module, shapes, name)))
+      shapes = {key[-1]: tuple(shape) for key, shape in after.items()
+                if key[:-1] == _keys(path)}
+      resized.append((module, _fields(module, shapes, _name(_keys(path), module))))
   for module, fields in resized:
     for key, value in fields.items():
       setattr(module, key, value)

@@ -156,3 +156,19 @@ class NnxCifarResNet(nnx.Module):
     for name in self.block_names:
       x = getattr(self, name)(x)
     return self.head(x.mean(axis=(1, 2)))
+
+
+class EncoderDecoder(nnx.Module):
+  """Segmentation style: strided conv, transposed conv, per-pixel LinearGeneral."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.down = nnx.Conv(3, 8, (3, 3), strides=2, rngs=rngs)
+    self.down_bn = nnx.BatchNorm(8, rngs=rngs)
+    self.up = nnx.ConvTranspose(8, 8, (2, 2), strides=(2, 2), rngs=rngs)
+    self.mix = nnx.LinearGeneral(8, 12, axis=-1, rngs=rngs)
+    self.classify = nnx.Conv(12, 3, (1, 1), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nnx.relu(self.down_bn(self.down(x)))
+    x = nnx.relu(self.mix(nnx.relu(self.up(x))))
+    return self.classify(x)  # per-pixel logits

@@ -42,6 +42,7 @@ CASES = [
     Case('concatenation', models.Inception, ('branch_1x1', 'branch_3x3', 'mix')),
     Case('depth_wise', models.InvertedResidual, ('stem', 'expand')),
     Case('layer_norm', models.LayerNormNet, ('mlp',)),
+    Case('conv_transpose_linear_general', models.EncoderDecoder, ('down', 'up', 'mix')),
 ]
 IDS = [case.name for case in CASES]
 
@@ -231,9 +232,16 @@ def _assert_attributes_match_arrays(model):
       assert module.kernel_shape == module.kernel.shape, where
       assert (module.in_features, module.out_features) == (
           kernel_in * module.feature_group_count, out), where
+    elif isinstance(module, nnx.ConvTranspose):
+      assert module.kernel_shape == module.kernel.shape, where
+      assert (module.in_features, module.out_features) == module.kernel.shape[-2:], where
     elif isinstance(module, nnx.Linear):
       assert (module.in_features, module.out_features) == module.kernel.shape, where
-    if isinstance(module, (nnx.Conv, nnx.Linear)) and module.bias is not None:
+    elif isinstance(module, nnx.LinearGeneral):
+      assert module.in_features + module.out_features == module.kernel.shape, where
+      assert module.bias.shape == module.out_features, where
+    if isinstance(module, (nnx.Conv, nnx.ConvTranspose, nnx.Linear)) and (
+        module.bias is not None):
       assert module.bias.shape == (module.out_features,), where
     if isinstance(module, (nnx.BatchNorm, nnx.LayerNorm)):
       assert module.scale.shape == module.bias.shape == (module.num_features,), where

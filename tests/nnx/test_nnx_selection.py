@@ -106,6 +106,27 @@ def test_bad_options_are_refused_by_name():
                                      exclude='.')
 
 
+class BareNorm(nnx.Module):
+  """A batch norm without scale or bias after the conv: nothing to fold a scale into."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(3, 8, (3, 3), use_bias=False, rngs=rngs)
+    self.norm = nnx.BatchNorm(8, use_scale=False, use_bias=False, rngs=rngs)
+    self.head = nnx.Linear(8, 10, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(nnx.relu(self.norm(self.conv(x))).mean(axis=(1, 2)))
+
+
+def test_a_site_without_parameters_is_refused_by_name():
+  _, batches = problem()
+  model = models.build(BareNorm)
+  with pytest.raises(ValueError, match=r'group conv has a site without a scale or '
+                     r"kernel to fold its pruning layer into \(\('norm',\)\)"):
+    nnx_selection.select_c2s2(model, iter(batches), lambda: batches, optax.sgd(0.1),
+                              nnx_selection.C2S2Options(1, 1))
+
+
 @pytest.mark.parametrize('method', ['l1_filter', 'slimming'])
 def test_channel_baselines_on_an_nnx_model(method):
   model, batches = problem()
