@@ -97,7 +97,7 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 class _Selector:
-  """The selection of one NNX model; `run` returns the `Selection`."""
+  """The model and optimiser state as selection shrinks them, unit after unit."""
 
   def __init__(self, model, train_batches, held_out, tx, options, example):
     self.train_batches, self.held_out = train_batches, held_out
@@ -106,17 +106,14 @@ class _Selector:
     self.opt_state = None
 
   def views(self):
-    """Training- and eval-mode pure functions of the current model, and its graph."""
+    """Of the current model: the training-mode function, the jitted held-out sums (eval
+    mode), its variables and its graph."""
     train_model, eval_model = nnx.clone(self.model), nnx.clone(self.model)
     train_model.train()
     eval_model.eval()
     train_apply, variables = c2s2.nnx.functional(train_model)
     eval_apply, _ = c2s2.nnx.functional(eval_model)
     graph = c2s2.nnx.trace_channel_graph(eval_model, self.example)
-    return train_apply, eval_apply, variables, graph
-
-  def evaluate(self, eval_apply, graph, variables, scales, masks) -> dict[str, float]:
-    """Held-out top-1 and mean loss of the model with the unit's pruning layers."""
 
     @jax.jit
     def sums(variables, scales, masks, images, labels):
@@ -125,6 +122,10 @@ class _Selector:
       return (jnp.sum(jnp.argmax(logits, -1) == labels),
               jnp.sum(_cross_entropy(logits, labels)))
 
+    return train_apply, sums, variables, graph
+
+  def evaluate(self, sums, variables, scales, masks) -> dict[str, float]:
+    """Held-out top-1 and mean loss of the model with the unit's pruning layers."""
     correct = loss = count = 0
     for images, labels in self.held_out():
       c, l = sums(variables, scales, masks, images, labels)
@@ -133,14 +134,14 @@ class _Selector:
       raise ValueError('select_c2s2: held_out() yielded no batch.')
     return {'top1': correct / count, 'loss': loss / count}
 
-  def train_phase(self, train_apply, graph, phase: str, lambdas: dict[str, float],
-                  state: UnitState) -> UnitState:
-    """Runs the steps of one phase on the user's training batches."""
+  def make_step(self, train_apply, graph, phase: str):
+    """The jitted training step of `phase` (lambdas are an argument: halving them
+    does not compile it again)."""
     options, tx = self.options, self.tx
     freeze = phase == 'phase1' and not options.train_weights_in_phase1
 
     @jax.jit
-    def step(state: UnitState, images, labels) -> UnitState:
+    def step(state: UnitState, lambdas, images, labels) -> UnitState:
       variables, opt_state, scales, importance, masks = state
 
       def loss_fn(params, scales):
@@ -165,10 +166,15 @@ class _Selector:
                   for n, s in scales.items()}
       return UnitState({**after, 'params': params}, opt_state, scales, importance, masks)
 
-    steps = options.phase1_steps if phase == 'phase1' else options.phase2_steps
-    for _ in range(steps):
+    return step
+
+  def train_phase(self, step, phase: str, lambdas: dict[str, float],
+                  state: UnitState) -> UnitState:
+    """Runs the steps of one phase on the user's training batches."""
+    count = self.options.phase1_steps if phase == 'phase1' else self.options.phase2_steps
+    for _ in range(count):
       images, labels = next(self.train_batches)
-      state = step(state, images, labels)
+      state = step(state, lambdas, images, labels)
     return state
 
   @staticmethod
@@ -191,7 +197,9 @@ class _Selector:
   def unit(self, number: int, names: list[str], reference, decisions) -> None:
     """Selects the channels of one unit and replaces the model with the smaller one."""
     options = self.options
-    train_apply, eval_apply, variables, graph = self.views()
+    train_apply, sums, variables, graph = self.views()
+    steps = {phase: self.make_step(train_apply, graph, phase)
+             for phase in ('phase1', 'phase2')}
     if self.opt_state is None:
       self.opt_state = self.tx.init(variables['params'])
     lambdas = {n: options.lambda_l1 * options.cost_weights.get(n, 1.0) for n in names}
@@ -203,10 +211,10 @@ class _Selector:
     state, phase, retry = start, 'phase1', 0
     while True:
       if phase == 'phase1':
-        state = self.train_phase(train_apply, graph, 'phase1', lambdas, state)
+        state = self.train_phase(steps['phase1'], 'phase1', lambdas, state)
         state = self.fixed(state, self.binarize(state.scales, state.importance))
-      state = self.train_phase(train_apply, graph, 'phase2', lambdas, state)
-      cost = self.evaluate(eval_apply, graph, state.variables, state.scales, state.masks)
+      state = self.train_phase(steps['phase2'], 'phase2', lambdas, state)
+      cost = self.evaluate(sums, state.variables, state.scales, state.masks)
       chosen = {n: np.asarray(m) > 0 for n, m in state.masks.items()}
       action = selection.decide(
           selection.within_budget(reference, cost, options.epsilon), retry,
@@ -269,13 +277,13 @@ def select_c2s2(model: nnx.Module, train_batches: Iterator[Batch],
   """
   example = next(iter(held_out()))[0]
   selector = _Selector(model, train_batches, held_out, tx, options, example)
-  _, eval_apply, variables, graph = selector.views()
+  _, sums, variables, graph = selector.views()
   names = c2s2_driver.candidate_groups(graph, options, 'C2S2Options')
   for name in names:
     if not surgery.foldable(variables['params'], graph.group(name)):
       raise ValueError(f'select_c2s2: group {name} has a site without a scale or kernel '
                        f'to fold its pruning layer into ({graph.group(name).sites}).')
-  reference = selector.evaluate(eval_apply, graph, variables, {}, None)
+  reference = selector.evaluate(sums, variables, {}, None)
   decisions: list[dict[str, Any]] = []
   step = options.layers_per_step
   for number, start in enumerate(range(0, len(names), step)):
