@@ -330,7 +330,7 @@ class ScaledNet(nnx.Module):
 
 
 def test_a_module_of_unknown_width_is_refused_by_name():
-  model = ScaledNet(nnx.Rngs(0))
+  model = models.build(ScaledNet)
   x = jnp.ones((1, 8, 8, 3))
   graph = c2s2.nnx.trace_channel_graph(model, x)
   assert graph.group('conv').prunable  # gamma is coupled to the conv's channels
