@@ -4,6 +4,7 @@ See ../shared/METHODS.md section 2 and the README's C2S2 section. Pure functions
 small Flax module; the progressive driver lives in `train.c2s2_driver`.
 """
 
+from c2s2 import nnx
 from c2s2.compact import CompactApplyError, compact_apply, compact_layers
 from c2s2.graph import ChannelGraph, ChannelGroup, Coupling, trace_channel_graph
 from c2s2.layer import MODES, PruningLayer, prune_channels, pruning_layers
@@ -15,7 +16,7 @@ from c2s2.surgery import (fold_scale, fold_scales, foldable, plan, slice_params_
 
 __all__ = [
     'MODES', 'ON_OVER_BUDGET', 'ChannelGraph', 'ChannelGroup', 'CompactApplyError',
-    'Coupling', 'PruningLayer', 'binarize', 'compact_apply', 'compact_layers',
+    'Coupling', 'PruningLayer', 'nnx', 'binarize', 'compact_apply', 'compact_layers',
     'cost_weights', 'decide', 'fold_scale', 'fold_scales', 'foldable', 'plan',
     'proximal_sgd_step',
     'prune_channels', 'pruning_layers', 'restore', 'restore_order', 'round_up',

@@ -3,6 +3,7 @@
 See ../shared/METHODS.md section 1 and the README's CCI section.
 """
 
+from cci import nnx
 from cci.api import spec_for
 from cci.masks import (GRANULARITIES, KernelDecision, cci_mask, check_grouping,
                        decisions_table, kept_per_group, magnitude_mask,
@@ -17,5 +18,5 @@ __all__ = [
     'SparsityState', 'cci_mask', 'check_grouping', 'compute_masks', 'cubic_density',
     'decisions_table', 'find_state', 'forward_params', 'kept_count', 'kept_per_group',
     'magnitude_mask', 'pack', 'packed_apply', 'select_kernels', 'sparsify', 'spec_for',
-    'unpack',
+    'nnx', 'unpack',
 ]

@@ -12,6 +12,9 @@ places the schedule at METHODS.md's default fractions of training.
 
 from typing import Any
 
+import jax
+from flax import nnx
+
 from cci.masks import select_kernels
 from cci.sparsify import SparsitySpec
 
@@ -28,7 +31,8 @@ def spec_for(params: Any, include: str = '', exclude: str = '', *,
 
   Args:
     params: the model's parameters (`variables['params']`, the tree the optimiser
-      sees), arrays or `jax.ShapeDtypeStruct` leaves.
+      sees; for an NNX model `nnx.state(model, nnx.Param)`), arrays or
+      `jax.ShapeDtypeStruct` leaves.
     include: a regex searched in each kernel's path; if set, only matching kernels are
       candidates, and a matching kernel that cannot be grouped is an error.
     exclude: a regex; matching kernels stay dense.
@@ -45,13 +49,18 @@ def spec_for(params: Any, include: str = '', exclude: str = '', *,
 
   Raises:
     ValueError: an included kernel cannot be grouped (names its path), no kernel can be
-      grouped, `params` is a whole variables dict, or `dynamic` has no schedule.
+      grouped, `params` is a whole variables dict (or an NNX state holding more than
+      `nnx.Param`s), or `dynamic` has no schedule.
   """
   if 'grouped' in options:
     raise ValueError('spec_for chooses the grouped kernels itself; use include/exclude.')
   if _is_variables(params):
     raise ValueError("spec_for takes the params tree (variables['params']), the tree "
                      'the optimiser sees, not the whole variables dict.')
+  others = _non_params(params)
+  if others:
+    raise ValueError(f'spec_for takes the parameters only (nnx.state(model, nnx.Param)); '
+                     f'this state also holds {others}.')
   schedule = {}
   if total_steps is not None:
     schedule = {'begin_step': 0, 'end_step': round(END_FRACTION * total_steps),
@@ -73,3 +82,10 @@ def _is_variables(tree: Any) -> bool:
   """Whether `tree` looks like `model.init(...)`'s output rather than its params."""
   return hasattr(tree, 'keys') and 'params' in tree and all(
       hasattr(value, 'keys') for value in tree.values())
+
+
+def _non_params(tree: Any) -> list[str]:
+  """The types of the NNX variables in `tree` that are not `nnx.Param`s."""
+  leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return sorted({type(leaf).__name__ for leaf in leaves
+                 if isinstance(leaf, nnx.Variable) and not isinstance(leaf, nnx.Param)})

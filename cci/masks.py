@@ -113,7 +113,14 @@ class KernelDecision:
 
 
 def path_of(key_path: tuple[Any, ...]) -> str:
-  """'stage1_block0/conv1/kernel' from a `jax.tree_util` key path."""
+  """'stage1_block0/conv1/kernel' from a `jax.tree_util` key path.
+
+  The array of a Flax NNX variable (`nnx.State` from `nnx.split`) sits under the
+  variable's `.value` attribute; the path is the variable's ('conv1/kernel').
+  """
+  if key_path and isinstance(key_path[-1], jax.tree_util.GetAttrKey) and (
+      key_path[-1].name == 'value'):
+    key_path = key_path[:-1]
   return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in key_path)
 
 

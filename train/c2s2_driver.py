@@ -89,11 +89,12 @@ def trace_graph(model: Any, image_shape: tuple[int, ...],
       jnp.zeros((1, *image_shape), model.dtype))
 
 
-def candidate_groups(graph: graph_lib.ChannelGraph,
-                     cp: ml_collections.ConfigDict) -> list[str]:
+def candidate_groups(graph: graph_lib.ChannelGraph, cp: ml_collections.ConfigDict,
+                     where: str = 'config.channel_pruning') -> list[str]:
   """Names of the groups to select from, in execution order (METHODS.md 2.1 policy).
 
-  Logs every group with the reason it is or is not selected.
+  Logs every group with the reason it is or is not selected. `cp` has the keys
+  include, exclude and prune_residual_stream; `where` names them in errors.
 
   Raises:
     ValueError: `include` or `prune_residual_stream` asks for a group the graph cannot
@@ -111,7 +112,7 @@ def candidate_groups(graph: graph_lib.ChannelGraph,
       if cp.include or group.joined:
         key = 'include' if cp.include else 'prune_residual_stream'
         raise ValueError(
-            f'config.channel_pruning.{key} selects {group.name}, whose channels cannot '
+            f'{where}.{key} selects {group.name}, whose channels cannot '
             f'be removed: {group.reason}. (A CIFAR ResNet with model.shortcut=A zero-pads '
             'its residual stream; use shortcut B.)')
       why = f'not prunable: {group.reason}'
@@ -122,7 +123,7 @@ def candidate_groups(graph: graph_lib.ChannelGraph,
   if jax.process_index() == 0:
     logging.info('C2S2 channel groups:\n%s', '\n'.join(rows))
   if not chosen:
-    raise ValueError('config.channel_pruning selects no prunable channel group (check '
+    raise ValueError(f'{where} selects no prunable channel group (check '
                      f'include={cp.include!r}, exclude={cp.exclude!r}); prunable: '
                      f'{[g.name for g in graph.prunable()]}.')
   return chosen
