@@ -64,8 +64,10 @@ def pruning_layers(scales: Mapping[str, jax.Array],
 
   def intercept(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
+    if context.method_name != '__call__' or context.module.scope is None:
+      return out  # An unbound module (built with parent=None) is never a site.
     path = '/'.join(context.module.path)
-    if context.method_name != '__call__' or path not in scales:
+    if path not in scales:
       return out
     mode = 'binary' if path in masks else 'real'
     if out.shape[-1] != scales[path].shape[0]:
