@@ -37,7 +37,8 @@ def fold_scale(params: Mapping[str, Any], group: ChannelGroup, scale: jax.Array)
   """`params` with the pruning layer of `group` folded into each of its sites.
 
   A norm site gets `scale *= s` and `bias *= s`; a conv or dense site (no norm) gets
-  its kernel's output axis and bias multiplied.
+  its kernel's output axis and bias multiplied. `scale` has one entry per unit of the
+  group (`ChannelGroup.expand` spreads it over each site's channels).
 
   Raises:
     ValueError: a site without a scale or kernel to fold into (names it).
@@ -46,15 +47,13 @@ def fold_scale(params: Mapping[str, Any], group: ChannelGroup, scale: jax.Array)
   for site in group.sites:
     path = tuple(site.split('/'))
     layer = dict(_leaf(params, path))
-    if 'scale' in layer:
-      layer['scale'] = layer['scale'] * scale.astype(layer['scale'].dtype)
-    elif 'kernel' in layer:
-      layer['kernel'] = layer['kernel'] * scale.astype(layer['kernel'].dtype)
-    else:
+    if not {'scale', 'kernel'} & set(layer):
       raise ValueError(f'Cannot fold the pruning layer of {group.name} into {site}: it '
                        f'has neither a scale nor a kernel (params {sorted(layer)}).')
-    if 'bias' in layer:
-      layer['bias'] = layer['bias'] * scale.astype(layer['bias'].dtype)
+    for key in ('scale', 'kernel', 'bias') if 'scale' in layer else ('kernel', 'bias'):
+      if key in layer:
+        per_channel = group.expand(scale, layer[key].shape[-1])
+        layer[key] = layer[key] * per_channel.astype(layer[key].dtype)
     params = _replace(params, path, layer)
   return params
 
