@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core
 
-from c2s2.jaxpr_tags import (ADDITIVE, CALLS, ELEMENTWISE, IDENTITY, Act, Param, axis_map,
+from c2s2.heads import HeadRules
+from c2s2.jaxpr_tags import (ADDITIVE, CALLS, ELEMENTWISE, IDENTITY, Act, Heads, Param,
                              channel_change, inert, kernel_module, keeps_zero, module_at,
-                             shape_of, unique, width_of, zero_after)
+                             shape_of, spaces_of, unique, width_of, zero_after)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,11 +136,14 @@ class _Space:
   reasons: list[str] = dataclasses.field(default_factory=list)
 
 
-class _Tracer:
+class _Tracer(HeadRules):
   """Walks a jaxpr, tagging values and building the channel spaces."""
 
-  def __init__(self, shapes: dict[tuple[str, tuple[str, ...]], tuple[int, ...]]):
+  def __init__(self, shapes: dict[tuple[str, tuple[str, ...]], tuple[int, ...]],
+               not_heads: frozenset[int] = frozenset()):
     self.shapes = shapes
+    self.not_heads = not_heads  # ids of reshapes not to take as head splits
+    self.head_splits: list[tuple[int, int]] = []  # (reshape id, space)
     self.spaces: list[_Space] = []
     self.parent: list[int] = []
     self.sites: dict[str, str] = {}  # layer -> module whose output gets the multiplier
@@ -166,6 +170,8 @@ class _Tracer:
     if name in CALLS:
       key = next(k for k in ('jaxpr', 'call_jaxpr', 'fun_jaxpr') if k in eqn.params)
       return self.run(getattr(eqn.params[key], 'jaxpr', eqn.params[key]), tags, where)
+    if any(isinstance(tag, Heads) for tag in tags):
+      return self.heads_eqn(eqn, tags, where)
     if name == 'conv_general_dilated' and not isinstance(tags[0], Param):
       return self.conv(eqn, tags, acts, where)
     if name == 'dot_general' and not isinstance(tags[0], Param):
@@ -250,10 +256,14 @@ class _Tracer:
     self.couple(act, kernel, axis, size)
     return act
 
-  def mark(self, act: Act, reason: str) -> None:
-    for space, _ in act.segments:
-      if space is not None:
-        self.spaces[self.find(space)].reasons.append(reason)
+  def mark(self, tag: Act | Heads, reason: str) -> None:
+    for space in spaces_of(tag):
+      self.spaces[self.find(space)].reasons.append(reason)
+
+  def couple_units(self, space: int, collection: str, path: tuple[str, ...],
+                   axis: int) -> None:
+    """Couples an axis holding one entry per unit of `space` (a per-head vector)."""
+    self.spaces[self.find(space)].couplings.append(Coupling(collection, path, axis))
 
   def reject(self, eqn: Any, acts: list[Act], what: str, where: str) -> list[Any]:
     """Marks the spaces unprunable; the outputs carry the reason to what they join."""
@@ -353,7 +363,8 @@ class _Tracer:
     period, new = act.period or width_of(eqn.invars[0]), shape_of(eqn.outvars[0])
     if eqn.params.get('dimensions') is None and new and new[-1] % period == 0:
       return [dataclasses.replace(act, period=0 if new[-1] == period else period)]
-    return self.reject(eqn, [act], 'reshape mixing channels', where)
+    return self.split_heads(eqn, act, where) or self.reject(
+        eqn, [act], 'reshape mixing channels', where)
 
   def concatenate(self, eqn: Any, tags: list[Any], acts: list[Act], where: str) -> Act:
     """Concatenated channels: the operands' segments side by side."""
@@ -514,8 +525,15 @@ def trace_channel_graph(apply_fn: Callable[..., Any], variables: Any, *args: Any
     keys = tuple(str(getattr(k, 'key', getattr(k, 'name', k))) for k in key_path)
     shapes[keys[0], keys[1:]] = tuple(leaf.shape)
     tags.append(Param(frozenset({(keys[0], keys[1:], tuple(range(len(leaf.shape))))})))
-  tracer = _Tracer(shapes)
-  for out in tracer.run(closed.jaxpr, tags + [None] * len(dynamic), ''):
-    if isinstance(out, Act):
-      tracer.mark(out, f'model output ({out.source})')
-  return tracer.graph()
+  not_heads = frozenset()
+  while True:  # Again without the head splits whose heads cannot be pruned.
+    tracer = _Tracer(shapes, not_heads)
+    for out in tracer.run(closed.jaxpr, tags + [None] * len(dynamic), ''):
+      if isinstance(out, (Act, Heads)):
+        tracer.mark(out, f'model output ({out.source})')
+    graph = tracer.graph()
+    failed = {split for split, space in tracer.head_splits
+              if tracer.spaces[tracer.find(space)].reasons}
+    if not failed:
+      return graph
+    not_heads |= failed

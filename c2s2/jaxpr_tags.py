@@ -150,3 +150,20 @@ def module_at(where: str) -> str:
 def kernel_module(param: Param) -> str:
   """The module of a kernel: its parameter path minus the last key."""
   return '/'.join(min(param.refs, key=lambda r: (r[0] != 'params', r[1]))[1][:-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Heads:
+  """An attention tensor: axis `axis` holds the heads of channel space `space` (the
+  units of a space tied to heads); the other axes never mix heads."""
+  space: int
+  axis: int  # non-negative
+  source: str  # the projection that made the heads, for reasons
+  zero: frozenset[str] | str  # as Act.zero: masked heads are 0 if these layers are sites
+
+
+def spaces_of(tag: Any) -> list[int]:
+  """The channel spaces an Act or Heads tag carries."""
+  if isinstance(tag, Heads):
+    return [tag.space]
+  return [space for space, _ in tag.segments if space is not None]
