@@ -191,7 +191,7 @@ class _Tracer(HeadRules):
     one = len(acts) == 1 and tags[0] is acts[0]
     change = channel_change(eqn) if one else 'unsupported primitive'
     if change:
-      return self.reject(eqn, acts, change, where)
+      return self.reject(eqn, acts, change, where, tags)
     zero = acts[0].zero if name != 'pad' or tags[1] == 0.0 else f'pad after {acts[0].source}'
     return [dataclasses.replace(acts[0], zero=zero)] * len(eqn.outvars)
 
@@ -265,11 +265,18 @@ class _Tracer(HeadRules):
     """Couples an axis holding one entry per unit of `space` (a per-head vector)."""
     self.spaces[self.find(space)].couplings.append(Coupling(collection, path, axis))
 
-  def reject(self, eqn: Any, acts: list[Act], what: str, where: str) -> list[Any]:
-    """Marks the spaces unprunable; the outputs carry the reason to what they join."""
+  def reject(self, eqn: Any, acts: list[Act | Heads], what: str, where: str,
+             tags: Sequence[Any] = ()) -> list[Any]:
+    """Marks the spaces unprunable; the outputs carry the reason to what they join.
+
+    The reason names the module the op runs in, else the module whose variables it
+    reads (a scanned or vmapped module: `tags` are the op's operand tags), else the
+    layer before it.
+    """
     if not acts:
       return [None] * len(eqn.outvars)
-    place = f'in {module_at(where)}' if module_at(where) else f'after {acts[0].source}'
+    module = module_at(where) or _common_module(tags)
+    place = f'in {module}' if module else f'after {acts[0].source}'
     reason = f'{what} {place} ({eqn.primitive.name})'
     for act in acts:
       self.mark(act, reason)
@@ -351,7 +358,7 @@ class _Tracer(HeadRules):
     if (not isinstance(rhs, Param) or lhs_batch or len(free) != 1
         or tuple(lhs_contract) != (len(shape_of(lhs_var)) - 1,)):
       return self.reject(eqn, acts, 'dot_general not contracting channels with a '
-                         'parameter kernel', where)
+                         'parameter kernel', where, tags)
     module = kernel_module(rhs)
     if isinstance(lhs, Act):
       self.uses.append((lhs, module))
@@ -483,6 +490,18 @@ class _Tracer(HeadRules):
           couplings=tuple(unique(space.couplings)), joined=len(producers) > 1,
           prunable=not reasons, reason='; '.join(reasons)))
     return ChannelGraph(tuple(groups))
+
+
+def _common_module(tags: Sequence[Any]) -> str:
+  """The deepest module holding every variable that `tags` read ('' if none)."""
+  paths = [path[:-1] for tag in tags if isinstance(tag, Param) for _, path, _ in tag.refs]
+  common = paths[0] if paths else ()
+  for path in paths[1:]:
+    shared = 0
+    while shared < min(len(common), len(path)) and common[shared] == path[shared]:
+      shared += 1
+    common = common[:shared]
+  return '/'.join(common)
 
 
 def _in_units(coupling: Coupling, units: int, unit: int, width: int) -> Coupling:

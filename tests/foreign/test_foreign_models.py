@@ -22,6 +22,7 @@ import pytest
 
 import c2s2
 import cci
+from tests.foreign import zoo_models
 
 # ------------------------------------------------------------------ the models
 
@@ -176,7 +177,11 @@ CASES = [Case('compact_plain_flatten', PlainNet()),
          Case('concatenation', Inception()),
          Case('depth_wise', InvertedResidual()),
          Case('bottleneck', BottleneckNet()),
-         Case('conv_transpose_dense_general', EncoderDecoder())]
+         Case('conv_transpose_dense_general', EncoderDecoder()),
+         Case('grouped_resnext', zoo_models.ResNeXt()),
+         Case('factory_share_scope_remat', zoo_models.FactoryNet(), takes_train=False),
+         Case('vit_fused_qkv', zoo_models.ViT(fused=True), takes_train=False),
+         Case('vit_separate_qkv', zoo_models.ViT(fused=False), takes_train=False)]
 IDS = [case.name for case in CASES]
 
 
@@ -299,7 +304,7 @@ def test_augmentation_and_a_dense_checkpoint_change_no_output(case):
   # The dense checkpoint, written and read back into the model's own tree.
   restored = flax.serialization.from_bytes(
       jax.tree.map(jnp.zeros_like, variables), flax.serialization.to_bytes(variables))
-  sites = {site: jnp.ones(group.size) for group in graph.groups for site in group.sites}
+  sites = graph.at_sites({group.name: jnp.ones(group.size) for group in graph.groups})
 
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def outputs(variables):
@@ -328,8 +333,11 @@ def test_masked_and_compact_outputs_agree(case, seed):
                                 at_sites(graph, masks))
   sliced = compact(graph, variables, masks, scales)
   for name, mask in masks.items():
-    for producer in graph.group(name).producers:
-      assert _leaf(sliced['params'], producer + '/kernel').shape[-1] == mask.sum()
+    group = graph.group(name)
+    for producer in group.producers:
+      width = _leaf(variables['params'], producer + '/kernel').shape[-1]
+      assert _leaf(sliced['params'], producer + '/kernel').shape[-1] == (
+          width // group.size * mask.sum())
   apply = c2s2.compact_apply(case.model)
   out = jax.jit(lambda v: case.apply(v, x, apply=apply), compiler_options=FAST_COMPILE)(
       sliced)
@@ -465,8 +473,8 @@ def test_an_inconsistent_kernel_is_refused_by_name():
 
 def at_sites(graph, per_group):
   """{site: float array} from {group name: array} (the pruning layers' arguments)."""
-  return {site: jnp.asarray(value, jnp.float32)
-          for name, value in per_group.items() for site in graph.group(name).sites}
+  return graph.at_sites({name: jnp.asarray(value, jnp.float32)
+                         for name, value in per_group.items()})
 
 
 def _kernels(params):
