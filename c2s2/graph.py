@@ -209,11 +209,12 @@ class _Tracer(HeadRules):
     a, b = sorted((self.find(a), self.find(b)), key=self.first_call)
     if a == b:
       return
-    if (self.spaces[a].size, self.spaces[a].unit) != (self.spaces[b].size,
-                                                        self.spaces[b].unit):
-      for root in (a, b):
-        self.spaces[root].reasons.append('parameter axis shared with a space of '
-                                         'another size')
+    space_a, space_b = self.spaces[a], self.spaces[b]
+    if (space_a.size, space_a.unit) != (space_b.size, space_b.unit):
+      for one, other in ((space_a, space_b), (space_b, space_a)):
+        one.reasons.append(f'joined with channels tied into units by {other.tied_by}'
+                           if other.tied_by else
+                           'parameter axis shared with a space of another size')
       return
     self.parent[b] = a
     for field in ('producers', 'layers', 'couplings', 'reasons'):
