@@ -105,7 +105,8 @@ def plan(graph: ChannelGraph, masks: Mapping[str, np.ndarray], variables: Any) -
 
   Args:
     graph: the model's channel graph.
-    masks: group name -> bool mask of its channels (True = kept).
+    masks: group name -> bool mask of its units (True = kept): channels, or positions
+      in every conv group, or attention heads (`ChannelGroup`).
     variables: the model's variables (arrays or shape structs), for axis sizes.
 
   Raises:
@@ -117,7 +118,8 @@ def plan(graph: ChannelGraph, masks: Mapping[str, np.ndarray], variables: Any) -
     group = graph.group(name)
     mask = np.asarray(mask, bool)
     if mask.shape != (group.size,):
-      raise ValueError(f'{name}: mask of shape {mask.shape} for {group.size} channels.')
+      raise ValueError(f'{name}: mask of shape {mask.shape} for {group.size} units (one '
+                       'per channel, conv-group position or attention head).')
     if mask.all():
       continue
     if not group.prunable:
