@@ -144,6 +144,7 @@ class _Tracer(HeadRules):
     self.shapes = shapes
     self.not_heads = not_heads  # ids of reshapes not to take as head splits
     self.head_splits: list[tuple[int, int]] = []  # (reshape id, space)
+    self.attended: set[int] = set()  # spaces whose heads a dot_general batched over
     self.spaces: list[_Space] = []
     self.parent: list[int] = []
     self.sites: dict[str, str] = {}  # layer -> module whose output gets the multiplier
@@ -552,8 +553,7 @@ def trace_channel_graph(apply_fn: Callable[..., Any], variables: Any, *args: Any
       if isinstance(out, (Act, Heads)):
         tracer.mark(out, f'model output ({out.source})')
     graph = tracer.graph()
-    failed = {split for split, space in tracer.head_splits
-              if tracer.spaces[tracer.find(space)].reasons}
+    failed = tracer.failed_splits()
     if not failed:
       return graph
     not_heads |= failed

@@ -27,10 +27,17 @@ _MOVES = {'broadcast_in_dim', 'transpose', 'squeeze', 'reshape', 'expand_dims'}
 class HeadRules:
   """Mixin of the channel-graph tracer (`c2s2.graph._Tracer`) for attention heads.
 
-  A split whose heads end up unprunable is undone: `trace_channel_graph` traces again
-  with its id in `not_heads`, so the reshape counts as mixing channels and the space
-  keeps its channels.
+  A split whose heads end up unprunable, or never meet a `dot_general` batching over
+  them (a group norm splits channels too, but its groups cannot be removed), is undone:
+  `trace_channel_graph` traces again with its id in `not_heads`, so the reshape counts
+  as mixing channels and the space keeps its channels.
   """
+
+  def failed_splits(self) -> set[int]:
+    """Ids of the head splits to undo (after `graph()`)."""
+    attended = {self.find(space) for space in self.attended}
+    return {split for split, space in self.head_splits
+            if self.spaces[self.find(space)].reasons or self.find(space) not in attended}
 
   def split_heads(self, eqn: Any, act: Act, where: str) -> list[Any] | None:
     """A reshape splitting the channels into (..., heads, head_dim); None otherwise."""
@@ -104,6 +111,7 @@ class HeadRules:
       return self.reject(eqn, [t for t in tags if isinstance(t, Heads)],
                          'dot_general not batching over heads', where)
     self.union(lhs.space, rhs.space)
+    self.attended.update((lhs.space, rhs.space))
     zero = zero_after('mul', eqn, [lhs.zero, rhs.zero])
     return [Heads(lhs.space, list(lhs_batch).index(lhs.axis), lhs.source, zero)]
 

@@ -194,3 +194,20 @@ def test_the_compact_model_trains_a_step(name):
   after, _, _ = loss_and_step(params)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   assert float(after) < float(before)
+
+
+class GroupNormNet(nn.Module):
+  """A group norm without bias: its reshape splits channels like heads, but its groups
+  cannot be removed (the compact model would regroup the channels)."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.GroupNorm(num_groups=4, use_bias=False, name='norm')(nn.Conv(16, (3, 3),
+                                                                        name='conv')(x))
+    return nn.Dense(10, name='head')(x.mean(axis=(1, 2)))
+
+
+def test_a_group_norm_split_is_not_taken_for_heads():
+  group = graph_of(GroupNormNet())[0].group('conv')
+  assert (group.size, group.unit, group.prunable) == (16, 1, False)
+  assert 'reshape mixing channels in norm (reshape)' in group.reason
