@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from c2s2.jaxpr_tags import (IDENTITY, REDUCTIONS, Act, Heads, Param, axis_map,
-                             keeps_zero, module_at, shape_of, width_of, zero_after)
+                             keeps_zero, module_at, shape_of, zero_after)
 
 _ELEMENTWISE_ON_HEADS = {'mul', 'div', 'add', 'add_any', 'sub', 'max', 'min', 'exp', 'neg',
                          'select_n', 'integer_pow', 'sqrt', 'rsqrt', 'tanh', 'logistic',
