@@ -11,6 +11,11 @@ scalar) or None (anything else). Activations combined element-wise share one spa
 The graph never guesses: a primitive it does not know makes the spaces it touches
 unprunable, with a reason; so does reaching the model output, or a site (the norm after
 a producer, else the producer) whose masking would not zero the channel at a consumer.
+
+Some spaces are pruned in units of several channels (`_Tracer.tie`): a grouped conv ties
+its input and output channels to their positions in the conv groups, so every conv
+group loses the same positions; an attention head split (`c2s2.heads`) ties Q, K, V and
+the output projection's input into heads. Couplings are then kept in units.
 """
 
 import dataclasses
