@@ -15,13 +15,10 @@ import dataclasses
 import math
 from typing import Any
 
-from c2s2.jaxpr_tags import (IDENTITY, REDUCTIONS, Act, Heads, Param, axis_map,
-                             keeps_zero, module_at, shape_of, zero_after)
+from c2s2.jaxpr_tags import (ELEMENTWISE, IDENTITY, REDUCTIONS, Act, Heads, Param,
+                             axis_map, keeps_zero, module_at, shape_of, zero_after)
 
-_ELEMENTWISE_ON_HEADS = {'mul', 'div', 'add', 'add_any', 'sub', 'max', 'min', 'exp', 'neg',
-                         'select_n', 'integer_pow', 'sqrt', 'rsqrt', 'tanh', 'logistic',
-                         'convert_element_type', 'stop_gradient', 'erf', 'square'}
-_MOVES = {'broadcast_in_dim', 'transpose', 'squeeze', 'reshape', 'expand_dims'}
+_MOVES = {'broadcast_in_dim', 'transpose', 'squeeze', 'reshape'}
 
 
 class HeadRules:
@@ -68,7 +65,7 @@ class HeadRules:
       return list(tags)
     if name == 'dot_general':
       return self.heads_dot(eqn, tags, where)
-    if len(eqn.outvars) == 1 and name in _ELEMENTWISE_ON_HEADS:
+    if len(eqn.outvars) == 1 and name in ELEMENTWISE:
       return self.heads_elementwise(eqn, tags, heads, where)
     if len(heads) == 1 and tags[0] is heads[0] and len(eqn.outvars) == 1:
       axis = self.head_axis_after(eqn, heads[0])

@@ -102,7 +102,8 @@ def channel_change(eqn: Any) -> str:
   return 'unsupported primitive'
 
 
-def zero_after(name: str, eqn: Any, zeros: list[frozenset[str] | str]) -> frozenset[str] | str:
+def zero_after(name: str, eqn: Any,
+               zeros: list[frozenset[str] | str]) -> frozenset[str] | str:
   """Whether an element-wise op's output is 0 on masked channels, from its operands'."""
   sets = [z for z in zeros if not isinstance(z, str)]
   if name in KEEP_ZERO or (name == 'integer_pow' and eqn.params['y'] > 0):

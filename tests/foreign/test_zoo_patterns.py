@@ -32,7 +32,8 @@ def graph_of(model, x=None):
 
 def coupling(group, path, axis):
   """The coupling of `group` on `path`'s `axis` (exactly one)."""
-  found = [c for c in group.couplings if c.path == tuple(path.split('/')) and c.axis == axis]
+  keys = tuple(path.split('/'))
+  found = [c for c in group.couplings if c.path == keys and c.axis == axis]
   assert len(found) == 1, (path, axis, group.couplings)
   return found[0]
 
@@ -108,7 +109,8 @@ def test_modules_built_in_call_and_shared_or_rematerialised_blocks_are_traced():
 
 
 @pytest.mark.parametrize('model, reason', [
-    (zoo_models.ScannedNet(), 'unsupported primitive in blocks/FactoryBlock_0/conv (scan)'),
+    (zoo_models.ScannedNet(),
+     'unsupported primitive in blocks/FactoryBlock_0/conv (scan)'),
     (zoo_models.EnsembleNet(), 'dot_general not contracting channels with a parameter '
      'kernel in ensemble (dot_general)')])
 def test_scanned_and_vmapped_modules_are_refused_by_name(model, reason):
