@@ -361,8 +361,10 @@ class _Tracer(HeadRules):
   def dot(self, eqn: Any, tags: list[Any], acts: list[Act], where: str) -> list[Any]:
     (lhs, rhs), (lhs_var, rhs_var) = tags, eqn.invars
     (lhs_contract, rhs_contract), (lhs_batch, _) = eqn.params['dimension_numbers']
-    free = [d for d in range(len(shape_of(rhs_var))) if d not in rhs_contract]
-    if (not isinstance(rhs, Param) or lhs_batch or len(free) != 1
+    rank = len(shape_of(rhs_var))
+    free = [d for d in range(rank) if d not in rhs_contract]
+    if (not isinstance(rhs, Param) or lhs_batch or free not in ([rank - 1], [rank - 2,
+                                                                            rank - 1])
         or tuple(lhs_contract) != (len(shape_of(lhs_var)) - 1,)):
       return self.reject(eqn, acts, 'dot_general not contracting channels with a '
                          'parameter kernel', where, tags)
@@ -370,6 +372,8 @@ class _Tracer(HeadRules):
     if isinstance(lhs, Act):
       self.uses.append((lhs, module))
       self.couple(lhs, rhs, rhs_contract[0], width_of(lhs_var))
+    if len(free) == 2:  # DenseGeneral to (heads, head_dim)
+      return [self.produce_heads(module, rhs, rhs_var, eqn.outvars[0])]
     return [self.produce(module, rhs, rhs_var, free[0])]
 
   def reshape(self, eqn: Any, act: Act, where: str) -> list[Any]:

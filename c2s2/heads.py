@@ -2,11 +2,13 @@
 
 A projection's output (Dense Q, K, V or a fused QKV) reshaped from (..., W) to
 (..., [parts,] heads, head_dim) ties its channel space into head units (unit u holds
-the head_dim channels of head u in every part). From there the head axis is followed
+the head_dim channels of head u in every part); a DenseGeneral to (heads, head_dim), as
+in flax's MultiHeadDotProductAttention, makes heads directly. From there the head axis is followed
 through transposes, slices, reductions, element-wise ops (softmax, scaling, masks) and
 `dot_general`s that batch over it (Q K^T, weights V), which join the Q, K and V spaces
 into one; the reshape back to (..., heads * head_dim) makes channels again for the
-output projection. Anything else touching a head tensor makes its heads unprunable.
+output projection (or a DenseGeneral contracting (heads, head_dim) consumes them).
+Anything else touching a head tensor makes its heads unprunable.
 Masked heads stay exact because V's masked heads are zero, so their attention output is
 zero whatever the softmax weights.
 """
@@ -15,8 +17,9 @@ import dataclasses
 import math
 from typing import Any
 
-from c2s2.jaxpr_tags import (ELEMENTWISE, IDENTITY, REDUCTIONS, Act, Heads, Param,
-                             axis_map, keeps_zero, module_at, shape_of, zero_after)
+from c2s2.jaxpr_tags import (ADDITIVE, ELEMENTWISE, IDENTITY, REDUCTIONS, Act, Heads, Param,
+                             axis_map, kernel_module, keeps_zero, module_at, shape_of,
+                             zero_after)
 
 _MOVES = {'broadcast_in_dim', 'transpose', 'squeeze', 'reshape'}
 
@@ -53,6 +56,20 @@ class HeadRules:
       return self.reject(eqn, [act], 'reshape mixing channels', where)
     self.head_splits.append((id(eqn), space))
     return [Heads(space, len(after) - 2, act.source, act.zero)]
+
+  def produce_heads(self, module: str, kernel: Param, kernel_var: Any,
+                    out_var: Any) -> Heads:
+    """The heads made by a projection to (..., heads, head_dim), as flax's
+    MultiHeadDotProductAttention's DenseGeneral query, key and value."""
+    heads, head_dim = shape_of(kernel_var)[-2:]
+    space = self.new_space(heads, [])
+    self.spaces[space].unit, self.spaces[space].tied_by = head_dim, module
+    self.spaces[space].producers.append((self.calls, module))
+    self.add_layer(space, module, heads * head_dim)
+    for collection, path, axes in kernel.refs:
+      if axes and axes[-2] is not None:
+        self.couple_units(space, collection, path, axes[-2])
+    return Heads(space, len(shape_of(out_var)) - 2, module, frozenset({module}))
 
   def heads_eqn(self, eqn: Any, tags: list[Any], where: str) -> list[Any]:
     """Output tags of an op reading head tensors."""
@@ -101,7 +118,12 @@ class HeadRules:
 
   def heads_dot(self, eqn: Any, tags: list[Any], where: str) -> list[Any]:
     """Q K^T or weights V: a dot_general batching both operands over their heads."""
-    (lhs, rhs), ((_, _), (lhs_batch, rhs_batch)) = tags, eqn.params['dimension_numbers']
+    (lhs, rhs), dims = tags, eqn.params['dimension_numbers']
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dims
+    if (isinstance(lhs, Heads) and isinstance(rhs, Param) and not lhs_batch
+        and tuple(lhs_contract) == (lhs.axis, lhs.axis + 1)
+        and lhs.axis + 2 == len(shape_of(eqn.invars[0]))):
+      return self.project_heads(eqn, lhs, rhs, rhs_contract[0])
     if not (isinstance(lhs, Heads) and isinstance(rhs, Heads) and lhs.axis in lhs_batch
             and rhs.axis in rhs_batch
             and list(lhs_batch).index(lhs.axis) == list(rhs_batch).index(rhs.axis)):
@@ -111,6 +133,21 @@ class HeadRules:
     self.attended.update((lhs.space, rhs.space))
     zero = zero_after('mul', eqn, [lhs.zero, rhs.zero])
     return [Heads(lhs.space, list(lhs_batch).index(lhs.axis), lhs.source, zero)]
+
+  def project_heads(self, eqn: Any, head: Heads, kernel: Param,
+                    kernel_axis: int) -> list[Any]:
+    """An output projection contracting (heads, head_dim), as flax's DenseGeneral with
+    axis=(-2, -1): a consumer of the heads and the producer of a new space."""
+    module, kernel_var = kernel_module(kernel), eqn.invars[1]
+    self.uses.append((head, module))
+    for collection, path, axes in kernel.refs:
+      if axes and axes[kernel_axis] is not None:
+        self.couple_units(head.space, collection, path, axes[kernel_axis])
+    free = [d for d in range(len(shape_of(kernel_var))) if d not in
+            eqn.params['dimension_numbers'][0][1]]
+    if len(free) != 1:
+      return self.reject(eqn, [head], 'projection of heads to several axes', '')
+    return [self.produce(module, kernel, kernel_var, free[0])]
 
   def heads_elementwise(self, eqn: Any, tags: list[Any], heads: list[Heads],
                         where: str) -> list[Any]:
@@ -128,7 +165,10 @@ class HeadRules:
         continue
       if isinstance(tag, Param) and len(shape_of(var)) == rank:
         self.couple_heads(out, tag, out.axis, shape_of(var)[out.axis])
-      zeros.append(f'{name} with a non-head operand after {out.source}')
+      own = (isinstance(tag, Param) and name in ADDITIVE and out.zero == {out.source}
+             and {'/'.join(path[:-1]) for _, path, _ in tag.refs} == {out.source})
+      zeros.append(frozenset() if own else  # the projection's bias: before its site
+                   f'{name} with a non-head operand after {out.source}')
     return [dataclasses.replace(out, zero=zero_after(name, eqn, zeros))]
 
   def couple_heads(self, head: Heads, param: Param, axis: int, size: int) -> None:

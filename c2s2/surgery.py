@@ -44,7 +44,8 @@ def fold_scale(params: Mapping[str, Any], group: ChannelGroup, scale: jax.Array)
     ValueError: a site without a scale or kernel to fold into (names it).
   """
   params = dict(params)
-  for site in group.sites:
+  widths = group.site_widths or (None,) * len(group.sites)
+  for site, width in zip(group.sites, widths, strict=True):
     path = tuple(site.split('/'))
     layer = dict(_leaf(params, path))
     if not {'scale', 'kernel'} & set(layer):
@@ -52,10 +53,20 @@ def fold_scale(params: Mapping[str, Any], group: ChannelGroup, scale: jax.Array)
                        f'has neither a scale nor a kernel (params {sorted(layer)}).')
     for key in ('scale', 'kernel', 'bias') if 'scale' in layer else ('kernel', 'bias'):
       if key in layer:
-        per_channel = group.expand(scale, layer[key].shape[-1])
-        layer[key] = layer[key] * per_channel.astype(layer[key].dtype)
+        layer[key] = _times_channels(layer[key], group, scale, width)
     params = _replace(params, path, layer)
   return params
+
+
+def _times_channels(array: jax.Array, group: ChannelGroup, scale: jax.Array,
+                    width: int | None) -> jax.Array:
+  """`array` times the per-unit `scale` along its output channels: its last axis, or
+  its last two (heads, head_dim) where they hold the site's `width` channels."""
+  shape = array.shape
+  if width and shape[-1] != width and len(shape) > 1 and shape[-2] * shape[-1] == width:
+    flat = array.reshape(*shape[:-2], width)
+    return (flat * group.expand(scale, width).astype(array.dtype)).reshape(shape)
+  return array * group.expand(scale, shape[-1]).astype(array.dtype)
 
 
 def fold_scales(params: Mapping[str, Any], graph: ChannelGraph,

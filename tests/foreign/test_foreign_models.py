@@ -180,8 +180,9 @@ CASES = [Case('compact_plain_flatten', PlainNet()),
          Case('conv_transpose_dense_general', EncoderDecoder()),
          Case('grouped_resnext', zoo_models.ResNeXt()),
          Case('factory_share_scope_remat', zoo_models.FactoryNet(), takes_train=False),
-         Case('vit_fused_qkv', zoo_models.ViT(fused=True), takes_train=False),
-         Case('vit_separate_qkv', zoo_models.ViT(fused=False), takes_train=False)]
+         Case('vit_fused_qkv', zoo_models.ViT('fused'), takes_train=False),
+         Case('vit_separate_qkv', zoo_models.ViT('separate'), takes_train=False),
+         Case('vit_flax_attention', zoo_models.ViT('flax'), takes_train=False)]
 IDS = [case.name for case in CASES]
 
 
@@ -334,10 +335,11 @@ def test_masked_and_compact_outputs_agree(case, seed):
   sliced = compact(graph, variables, masks, scales)
   for name, mask in masks.items():
     group = graph.group(name)
-    for producer in group.producers:
-      width = _leaf(variables['params'], producer + '/kernel').shape[-1]
-      assert _leaf(sliced['params'], producer + '/kernel').shape[-1] == (
-          width // group.size * mask.sum())
+    for c in group.couplings:  # producers' output axes hold the kept units only
+      if '/'.join(c.path[:-1]) in group.producers and c.path[-1] == 'kernel':
+        size = _leaf(variables['params'], '/'.join(c.path)).shape[c.axis]
+        assert _leaf(sliced['params'], '/'.join(c.path)).shape[c.axis] == (
+            size // group.size * mask.sum())
   apply = c2s2.compact_apply(case.model)
   out = jax.jit(lambda v: case.apply(v, x, apply=apply), compiler_options=FAST_COMPILE)(
       sliced)
@@ -478,10 +480,11 @@ def at_sites(graph, per_group):
 
 
 def _kernels(params):
-  """(path, shape) of every conv and dense kernel, in tree order."""
+  """(path, shape) of every conv and dense kernel, in tree order (CCI leaves the 3-D
+  kernels of DenseGeneral to or from several axes dense)."""
   return [(cci.masks.path_of(kp), leaf.shape)
           for kp, leaf in jax.tree_util.tree_leaves_with_path(params)
-          if cci.masks.path_of(kp).endswith('kernel')]
+          if cci.masks.path_of(kp).endswith('kernel') and leaf.ndim in (2, 4)]
 
 
 def _leaf(tree, path):

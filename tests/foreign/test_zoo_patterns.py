@@ -136,9 +136,10 @@ def test_scanned_and_vmapped_modules_are_refused_by_name(model, reason):
 # ------------------------------------------------------------------ attention heads
 
 
-@pytest.mark.parametrize('fused', [True, False], ids=['fused_qkv', 'separate_qkv'])
-def test_attention_heads_are_units_of_q_k_v_and_the_output_projection(fused):
-  variables, _, graph = foreign.setup(ZOO['vit_fused_qkv' if fused else 'vit_separate_qkv'])
+@pytest.mark.parametrize('layout', ['fused', 'separate'])
+def test_attention_heads_are_units_of_q_k_v_and_the_output_projection(layout):
+  variables, _, graph = foreign.setup(ZOO[f'vit_{layout}_qkv'])
+  fused = layout == 'fused'
   projections = ('attn/qkv',) if fused else ('attn/q', 'attn/k', 'attn/v')
   heads = graph.group(projections[0])
   assert heads.prunable, heads.reason
@@ -158,8 +159,24 @@ def test_attention_heads_are_units_of_q_k_v_and_the_output_projection(fused):
       variables['params']['attn'][projection]['kernel'][:, columns])
 
 
+def test_flax_multi_head_attention_heads_are_units():
+  variables, _, graph = foreign.setup(ZOO['vit_flax_attention'])
+  heads = graph.group('attn/query')
+  assert heads.prunable, heads.reason
+  assert (heads.size, heads.unit) == (3, 4)
+  assert heads.producers == ('attn/query', 'attn/key', 'attn/value')
+  assert heads.site_widths == (12, 12, 12)
+  removal = c2s2.plan(graph, {heads.name: np.array([False, True, True])}, variables)
+  sliced = c2s2.slice_variables(variables, removal)['params']['attn']
+  params = variables['params']['attn']
+  np.testing.assert_array_equal(sliced['out']['kernel'], params['out']['kernel'][1:])
+  np.testing.assert_array_equal(sliced['value']['kernel'],
+                                params['value']['kernel'][:, 1:])
+  np.testing.assert_array_equal(sliced['query']['bias'], params['query']['bias'][1:])
+
+
 def test_a_hard_coded_head_count_is_refused_by_name():
-  model = zoo_models.ViT(fixed_heads=3)
+  model = zoo_models.ViT('fused', fixed_heads=3)
   x = jnp.zeros((2, 8, 8, 3))
   variables = jax.jit(model.init, compiler_options=foreign.FAST_COMPILE)(
       jax.random.key(0), x)

@@ -118,14 +118,14 @@ class EnsembleNet(nn.Module):
 class Attention(nn.Module):
   """timm-style multi-head self-attention; the head count follows the width."""
   head_dim: int = 4
-  fused: bool = True
+  layout: str = 'fused'  # one Dense to Q, K, V; or 'separate' Dense layers
   fixed_heads: int = 0  # > 0: a hard-coded head count in the reshape
 
   @nn.compact
   def __call__(self, x):
     b, n, c = x.shape
     heads = self.fixed_heads or -1
-    if self.fused:
+    if self.layout == 'fused':
       qkv = nn.Dense(3 * c, name='qkv')(x).reshape(b, n, 3, heads, self.head_dim)
       q, k, v = qkv.transpose(2, 0, 3, 1, 4)
     else:
@@ -137,8 +137,9 @@ class Attention(nn.Module):
 
 
 class ViT(nn.Module):
-  """Patches of 2x2 pixels, one pre-norm transformer block, a mean-pooled head."""
-  fused: bool = True
+  """Patches of 2x2 pixels, one pre-norm transformer block, a mean-pooled head; its
+  attention timm-style (`layout` 'fused' or 'separate') or flax's ('flax')."""
+  layout: str = 'fused'
   fixed_heads: int = 0
 
   @nn.compact
@@ -146,8 +147,11 @@ class ViT(nn.Module):
     b, h, w, c = x.shape
     x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
     x = nn.Dense(12, name='embed')(x.reshape(b, (h // 2) * (w // 2), 4 * c))
-    x = x + Attention(fused=self.fused, fixed_heads=self.fixed_heads, name='attn')(
-        nn.LayerNorm(name='norm1')(x))
+    if self.layout == 'flax':
+      attention = nn.MultiHeadDotProductAttention(num_heads=3, name='attn')
+    else:
+      attention = Attention(layout=self.layout, fixed_heads=self.fixed_heads, name='attn')
+    x = x + attention(nn.LayerNorm(name='norm1')(x))
     y = nn.gelu(nn.Dense(16, name='fc1')(nn.LayerNorm(name='norm2')(x)))
     x = x + nn.Dense(x.shape[-1], name='fc2')(y)
     return nn.Dense(10, name='head')(nn.LayerNorm(name='norm')(x).mean(axis=1))
