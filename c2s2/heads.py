@@ -3,14 +3,14 @@
 A projection's output (Dense Q, K, V or a fused QKV) reshaped from (..., W) to
 (..., [parts,] heads, head_dim) ties its channel space into head units (unit u holds
 the head_dim channels of head u in every part); a DenseGeneral to (heads, head_dim), as
-in flax's MultiHeadDotProductAttention, makes heads directly. From there the head axis is followed
-through transposes, slices, reductions, element-wise ops (softmax, scaling, masks) and
-`dot_general`s that batch over it (Q K^T, weights V), which join the Q, K and V spaces
-into one; the reshape back to (..., heads * head_dim) makes channels again for the
-output projection (or a DenseGeneral contracting (heads, head_dim) consumes them).
-Anything else touching a head tensor makes its heads unprunable.
-Masked heads stay exact because V's masked heads are zero, so their attention output is
-zero whatever the softmax weights.
+in flax's MultiHeadDotProductAttention, makes heads directly. From there the head axis
+is followed through transposes, slices, reductions, element-wise ops (softmax, scaling,
+masks) and `dot_general`s that batch over it (Q K^T, weights V), which join the Q, K
+and V spaces into one; the reshape back to (..., heads * head_dim) makes channels again
+for the output projection (or a DenseGeneral contracting (heads, head_dim) consumes
+them). Anything else touching a head tensor makes its heads unprunable. Masked heads
+stay exact because V's masked heads are zero, so their attention output is zero
+whatever the softmax weights.
 """
 
 import dataclasses
