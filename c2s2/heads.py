@@ -17,9 +17,9 @@ import dataclasses
 import math
 from typing import Any
 
-from c2s2.jaxpr_tags import (ADDITIVE, ELEMENTWISE, IDENTITY, REDUCTIONS, Act, Heads, Param,
-                             axis_map, kernel_module, keeps_zero, module_at, shape_of,
-                             zero_after)
+from c2s2.jaxpr_tags import (ADDITIVE, ELEMENTWISE, IDENTITY, REDUCTIONS, Act, Heads,
+                             Param, axis_map, kernel_module, keeps_zero, module_at,
+                             shape_of, zero_after)
 
 _MOVES = {'broadcast_in_dim', 'transpose', 'squeeze', 'reshape'}
 
