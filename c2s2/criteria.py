@@ -29,6 +29,8 @@ def filter_l1_norms(params: Mapping[str, Any], group: ChannelGroup) -> np.ndarra
   total = np.zeros(group.size, np.float64)
   for producer in group.producers:
     kernel = np.abs(np.asarray(_layer(params, producer)['kernel'], np.float64))
+    if kernel.ndim == 3 and kernel.shape[-1] % (group.size * group.unit):
+      kernel = kernel.reshape(kernel.shape[0], -1)  # DenseGeneral to (heads, head_dim)
     total += group.unit_sums(kernel.reshape(-1, kernel.shape[-1]).sum(axis=0))
   return total
 
