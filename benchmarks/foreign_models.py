@@ -135,8 +135,8 @@ def macs(model: nn.Module, variables: Any, params: Any, image_size: int) -> int:
 def check_equal(model: nn.Module, pruned: dict[str, Any], image_size: int) -> float:
   """Max |masked - compact| logits over the max |logit| (binary pruning layers)."""
   graph, masks = pruned['graph'], pruned['masks']
-  sites = {s: jnp.asarray(masks[g.name], jnp.float32)
-           for g in graph.prunable() for s in g.sites}
+  sites = graph.at_sites({g.name: jnp.asarray(masks[g.name], jnp.float32)
+                          for g in graph.prunable()})
   ones = {s: jnp.ones_like(m) for s, m in sites.items()}
   x = jax.random.normal(jax.random.key(2), (2, image_size, image_size, 3))
 

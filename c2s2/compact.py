@@ -28,8 +28,10 @@ class CompactApplyError(ValueError):
 
 
 def _name(module: nn.Module) -> str:
-  path = '/'.join(module.path)
   kind = type(module).__name__
+  if module.scope is None:
+    return f'an unbound {kind} (built with parent=None)'
+  path = '/'.join(module.path)
   return f'{path} ({kind})' if path else f'the root module ({kind})'
 
 

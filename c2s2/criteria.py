@@ -25,16 +25,18 @@ def _layer(params: Mapping[str, Any], module: str) -> Mapping[str, Any]:
 
 
 def filter_l1_norms(params: Mapping[str, Any], group: ChannelGroup) -> np.ndarray:
-  """Sum over the group's producers of each output filter's L1 norm, shape (size,)."""
+  """Sum over the group's producers of each unit's output filters' L1 norm, (size,)."""
   total = np.zeros(group.size, np.float64)
   for producer in group.producers:
     kernel = np.abs(np.asarray(_layer(params, producer)['kernel'], np.float64))
-    total += kernel.reshape(-1, kernel.shape[-1]).sum(axis=0)
+    if kernel.ndim == 3 and kernel.shape[-1] % (group.size * group.unit):
+      kernel = kernel.reshape(kernel.shape[0], -1)  # DenseGeneral to (heads, head_dim)
+    total += group.unit_sums(kernel.reshape(-1, kernel.shape[-1]).sum(axis=0))
   return total
 
 
 def norm_scales(params: Mapping[str, Any], group: ChannelGroup) -> np.ndarray:
-  """Sum over the group's sites of |scale| of their norm, shape (size,).
+  """Sum over the group's sites of |scale| of their norm per unit, shape (size,).
 
   Raises:
     ValueError: a site has no norm scale (network slimming needs batch norm after
@@ -46,7 +48,7 @@ def norm_scales(params: Mapping[str, Any], group: ChannelGroup) -> np.ndarray:
     if 'scale' not in layer or 'kernel' in layer:
       raise ValueError(f'Network slimming ranks channels by the norm scale after the '
                        f'producer, but group {group.name} has none at {site}.')
-    total += np.abs(np.asarray(layer['scale'], np.float64))
+    total += group.unit_sums(np.abs(np.asarray(layer['scale'], np.float64)))
   return total
 
 

@@ -5,35 +5,57 @@ axis and bias, the norm's vectors and statistics, depth-wise kernels, and the in
 of every consumer (at an offset after a concatenation, with a period after a flatten).
 `trace_channel_graph` finds them by abstract interpretation of `jax.make_jaxpr`. The
 channels are the last axis of activations; every value carries a tag for its last axis:
-`_Act` (activation channels: channel spaces, union-find nodes, side by side), `_Param`
+`Act` (activation channels: channel spaces, union-find nodes, side by side), `Param`
 (derived from variables: the variable axis behind each array axis), a float (a known
 scalar) or None (anything else). Activations combined element-wise share one space.
 The graph never guesses: a primitive it does not know makes the spaces it touches
 unprunable, with a reason; so does reaching the model output, or a site (the norm after
 a producer, else the producer) whose masking would not zero the channel at a consumer.
+
+Some spaces are pruned in units of several channels (`_Tracer.tie`): a grouped conv ties
+its input and output channels to their positions in the conv groups, so every conv
+group loses the same positions; an attention head split (`c2s2.heads`) ties Q, K, V and
+the output projection's input into heads. Couplings are then kept in units.
 """
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.extend import core
+
+from c2s2.heads import HeadRules
+from c2s2.jaxpr_tags import (ADDITIVE, CALLS, ELEMENTWISE, IDENTITY, Act, Heads, Param,
+                             channel_change, inert, kernel_module, keeps_zero, module_at,
+                             shape_of, spaces_of, unique, width_of, zero_after)
 
 
 @dataclasses.dataclass(frozen=True)
 class Coupling:
-  """One array axis whose indices follow a channel group's channels."""
+  """One array axis whose indices follow a channel group's units (channels, heads).
+
+  Unit u of the group holds the entries offset + u * unit + i (i < unit) of the axis,
+  repeated at every multiple of `stride` below stride * copies (one copy per conv group
+  or per Q/K/V part of a fused projection), and, if period > 0, at every multiple of
+  `period` (after a flatten).
+  """
   collection: str  # variable collection: 'params', 'batch_stats', ...
   path: tuple[str, ...]  # key path inside the collection
   axis: int  # non-negative axis of that array
-  offset: int = 0  # channel c of the group is index offset + c ...
-  period: int = 0  # ... and, if period > 0, also every offset + c + r * period
+  offset: int = 0
+  period: int = 0
+  unit: int = 1  # consecutive entries per unit: 1 for a channel, head_dim for a head
+  stride: int = 0  # distance between the copies
+  copies: int = 1
 
-  def indices(self, channels: Sequence[int], axis_size: int) -> np.ndarray:
-    """Sorted indices along `axis` (of size axis_size) that hold `channels`."""
-    first = self.offset + np.asarray(channels, int).reshape(-1)
+  def indices(self, units: Sequence[int], axis_size: int) -> np.ndarray:
+    """Sorted indices along `axis` (of size axis_size) that hold `units`."""
+    first = self.offset + self.unit * np.asarray(units, int).reshape(-1)
+    first = (first[:, None] + np.arange(self.unit)).reshape(-1)
+    first = (first[:, None] + self.stride * np.arange(self.copies)).reshape(-1)
     if first.size and first.max() >= axis_size:
       raise ValueError(f'{"/".join(self.path)} axis {self.axis}: channel index '
                        f'{first.max()} beyond its size {axis_size}.')
@@ -49,15 +71,36 @@ class ChannelGroup:
   Sites are the modules after whose outputs a per-channel multiplier goes: for each
   producer (and each depth-wise conv passing the space on), the module whose vectors
   are first applied to its output (its norm), else the layer itself.
+
+  The group is pruned in `size` units. A unit is one channel, except where channels are
+  tied: after a grouped conv a unit is one channel position in every conv group (as
+  Torch-Pruning does), and in attention a unit is a head (`unit` = head_dim consecutive
+  channels, in each of Q, K and V). Masks, scales and importances have one entry per
+  unit; `expand` spreads them over a site's channels.
   """
   name: str  # module path of its first producer in execution order
-  size: int
+  size: int  # units
   producers: tuple[str, ...]  # convs / denses whose outputs make the space
   sites: tuple[str, ...]
   couplings: tuple[Coupling, ...]
   joined: bool  # made by more than one producer (a residual stream)
   prunable: bool
   reason: str  # why not prunable ('' if prunable)
+  unit: int = 1  # consecutive channels per unit (head_dim for attention heads)
+  site_widths: tuple[int, ...] = ()  # channels at each site
+
+  def expand(self, values: Any, width: int) -> Any:
+    """Per-unit `values` (last axis `size`) spread over `width` channels."""
+    copies, rest = divmod(width, self.size * self.unit)
+    if rest or not copies:
+      raise ValueError(f'{self.name}: {width} channels do not hold {self.size} units of '
+                       f'{self.unit}.')
+    per_copy = jnp.repeat(values, self.unit, axis=-1) if self.unit > 1 else values
+    return jnp.tile(per_copy, copies) if copies > 1 else per_copy
+
+  def unit_sums(self, values: np.ndarray) -> np.ndarray:
+    """Per-channel `values` (one axis, a multiple of size * unit) summed per unit."""
+    return np.asarray(values).reshape(-1, self.size, self.unit).sum(axis=(0, 2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,167 +119,43 @@ class ChannelGraph:
     """The groups whose channels can be removed."""
     return tuple(group for group in self.groups if group.prunable)
 
-
-@dataclasses.dataclass(frozen=True)
-class _Act:
-  segments: tuple[tuple[int | None, int], ...]  # (space or None, width), side by side
-  period: int  # > 0 after a flatten: the segments repeat every `period` entries
-  source: str  # the nearest producer, for reasons
-  chain: tuple[str, bool] | None  # module whose vectors may follow; is its site open
-  zero: frozenset[str] | str  # masked channels are 0 if these layers are sites; or why not
-
-
-@dataclasses.dataclass(frozen=True)
-class _Param:
-  refs: frozenset[tuple[str, tuple[str, ...], tuple[int | None, ...]]]  # coll, path, axes
+  def at_sites(self, per_group: Mapping[str, Any]) -> dict[str, Any]:
+    """{site: per-channel array} from {group name: per-unit array}, as
+    `c2s2.pruning_layers` takes its scales and masks."""
+    out = {}
+    for name, values in per_group.items():
+      group = self.group(name)
+      for site, width in zip(group.sites, group.site_widths, strict=True):
+        out[site] = group.expand(jnp.asarray(values), width)
+    return out
 
 
 @dataclasses.dataclass
 class _Space:
-  size: int
+  size: int  # units
+  unit: int = 1  # channels per unit (head_dim once tied to attention heads)
+  tied_by: str = ''  # the layer that tied its channels into units, if any
   producers: list[tuple[int, str]] = dataclasses.field(default_factory=list)
   layers: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # with sites
   couplings: list[Coupling] = dataclasses.field(default_factory=list)
   reasons: list[str] = dataclasses.field(default_factory=list)
 
 
-_CALLS = {'pjit', 'jit', 'closed_call', 'core_call', 'custom_jvp_call', 'custom_vjp_call',
-          'custom_vjp_call_jaxpr', 'checkpoint', 'remat', 'remat2'}
-_IDENTITY = {'copy', 'copy_p', 'device_put', 'optimization_barrier', 'sharding_constraint'}
-_KEEP_ZERO = {  # element-wise f with f(0) == 0
-    'neg', 'abs', 'sign', 'floor', 'ceil', 'round', 'sin', 'tan', 'tanh', 'asin', 'atan',
-    'sinh', 'asinh', 'atanh', 'sqrt', 'cbrt', 'expm1', 'log1p', 'erf', 'square', 'real',
-    'convert_element_type', 'reduce_precision', 'stop_gradient'}
-_ADDITIVE = {'add', 'add_any', 'sub', 'max', 'min', 'select_n', 'or', 'xor'}
-_ELEMENTWISE = _KEEP_ZERO | _ADDITIVE | {
-    'mul', 'and', 'div', 'integer_pow', 'pow', 'exp', 'exp2', 'log', 'logistic', 'cos',
-    'cosh', 'acos', 'acosh', 'rsqrt', 'erfc', 'erf_inv', 'not', 'is_finite', 'lgamma',
-    'digamma', 'eq', 'ne', 'lt', 'le', 'gt', 'ge', 'atan2', 'rem', 'clamp', 'nextafter'}
-_REDUCTIONS = {'reduce_sum', 'reduce_max', 'reduce_min', 'reduce_prod', 'reduce_and',
-               'reduce_or', 'argmax', 'argmin'}
-
-
-def _shape(var: Any) -> tuple[int, ...]:
-  return tuple(var.aval.shape)
-
-
-def _width(var: Any) -> int:
-  return _shape(var)[-1] if _shape(var) else 1
-
-
-def _unique(items: Iterable[Any]) -> list[Any]:
-  return list(dict.fromkeys(items))
-
-
-def _axis_map(eqn: Any) -> list[int | None] | None:
-  """For each output axis of a layout op, the input axis it comes from (or None)."""
-  name, params = eqn.primitive.name, eqn.params
-  before, after = _shape(eqn.invars[0]), _shape(eqn.outvars[0])
-  if name == 'broadcast_in_dim':
-    axes = [None] * len(after)
-    for i, d in enumerate(params['broadcast_dimensions']):
-      axes[d] = i if before[i] == after[d] else None
-    return axes
-  if name == 'transpose':
-    return list(params['permutation'])
-  if name == 'squeeze':
-    return [i for i in range(len(before))
-            if i not in {d % len(before) for d in params['dimensions']}]
-  kept_in = [i for i, size in enumerate(before) if size != 1]
-  kept_out = [i for i, size in enumerate(after) if size != 1]
-  if (name != 'reshape' or params.get('dimensions') is not None
-      or [before[i] for i in kept_in] != [after[i] for i in kept_out]):
-    return None
-  axes = [None] * len(after)
-  for i, o in zip(kept_in, kept_out):
-    axes[o] = i
-  return axes
-
-
-def _channel_change(eqn: Any) -> str:
-  """How a one-activation op changes the last axis (the channels); '' if it does not."""
-  name, params, last = eqn.primitive.name, eqn.params, len(_shape(eqn.invars[0])) - 1
-  if name in _REDUCTIONS:
-    return 'reduction over channels' if last in params['axes'] else ''
-  if name in ('cumsum', 'cumprod', 'cummax', 'cummin', 'split'):
-    return 'scan or split along channels' if params['axis'] == last else ''
-  if name in ('reduce_window_sum', 'reduce_window_max', 'reduce_window_min'):
-    keys = ('window_dimensions', 'window_strides', 'base_dilation', 'window_dilation')
-    pooled = any(params[k][-1] != 1 for k in keys) or tuple(params['padding'][-1]) != (0, 0)
-    return 'pooling across channels' if pooled else ''
-  if name == 'pad':
-    return 'channel axis padded' if tuple(params['padding_config'][-1]) != (0, 0, 0) else ''
-  if name == 'slice':
-    kept = (params['start_indices'][-1] == 0
-            and params['limit_indices'][-1] == _width(eqn.invars[0])
-            and (params['strides'] is None or params['strides'][-1] == 1))
-    return '' if kept else 'channel axis sliced'
-  if name in ('broadcast_in_dim', 'transpose', 'squeeze'):
-    axes = _axis_map(eqn)
-    return '' if axes and axes[-1] == last else f'{name} moving channels'
-  return 'unsupported primitive'
-
-
-def _zero(name: str, eqn: Any, zeros: list[frozenset[str] | str]) -> frozenset[str] | str:
-  """Whether an element-wise op's output is 0 on masked channels, from its operands'."""
-  sets = [z for z in zeros if not isinstance(z, str)]
-  if name in _KEEP_ZERO or (name == 'integer_pow' and eqn.params['y'] > 0):
-    return zeros[0]
-  if name in ('mul', 'and'):
-    return min(sets, key=len) if sets else zeros[0]
-  if name == 'div':
-    return zeros[0]
-  if name in _ADDITIVE or name == 'concatenate':
-    operands = zeros[1:] if name == 'select_n' else zeros
-    bad = [z for z in operands if isinstance(z, str)]
-    return bad[0] if bad else frozenset().union(*operands)
-  return f'{name} maps 0 to nonzero'
-
-
-def _keeps_zero(name: str, tag: Any) -> bool:
-  """Whether a known scalar operand keeps zeros zero: 0, or max(0, c < 0) and so on."""
-  return isinstance(tag, float) and (
-      tag == 0 or (name == 'max' and tag < 0) or (name == 'min' and tag > 0))
-
-
-def _inert(eqn: Any, tags: list[Any]) -> list[Any]:
-  """Output tags of an op without activation operands: variable axes and scalars."""
-  name, outs = eqn.primitive.name, eqn.outvars
-  if len(outs) != 1 or not tags:  # No operands (iota, constants): no channel axis.
-    return [None] * len(outs)
-  if isinstance(tags[0], float) and name in ('convert_element_type', 'broadcast_in_dim'):
-    return [tags[0]]
-  if name in _ELEMENTWISE:
-    refs = [t.refs for t, v in zip(tags, eqn.invars)
-            if isinstance(t, _Param) and len(_shape(v)) == len(_shape(outs[0]))]
-    return [_Param(frozenset().union(*refs)) if refs else None]
-  axes = _axis_map(eqn) if isinstance(tags[0], _Param) else None
-  if axes is None:
-    return [None]
-  return [_Param(frozenset((c, p, tuple(None if i is None else a[i] for i in axes))
-                           for c, p, a in tags[0].refs))]
-
-
-def _module_at(where: str) -> str:
-  """The module path in a name stack, without the root module and transforms."""
-  return '/'.join([p for p in where.split('/') if '(' not in p][1:])
-
-
-def _module(param: _Param) -> str:
-  """The module of a kernel: its parameter path minus the last key."""
-  return '/'.join(min(param.refs, key=lambda r: (r[0] != 'params', r[1]))[1][:-1])
-
-
-class _Tracer:
+class _Tracer(HeadRules):
   """Walks a jaxpr, tagging values and building the channel spaces."""
 
-  def __init__(self, shapes: dict[tuple[str, tuple[str, ...]], tuple[int, ...]]):
+  def __init__(self, shapes: dict[tuple[str, tuple[str, ...]], tuple[int, ...]],
+               not_heads: frozenset[int] = frozenset()):
     self.shapes = shapes
+    self.not_heads = not_heads  # ids of reshapes not to take as head splits
+    self.head_splits: list[tuple[int, int]] = []  # (reshape id, space)
+    self.attended: set[int] = set()  # spaces whose heads a dot_general batched over
     self.spaces: list[_Space] = []
     self.parent: list[int] = []
     self.sites: dict[str, str] = {}  # layer -> module whose output gets the multiplier
+    self.widths: dict[str, int] = {}  # layer -> channels of its output
     self.layer_spaces: dict[str, list[int]] = {}
-    self.uses: list[tuple[_Act, str]] = []  # (consumer input, consumer)
+    self.uses: list[tuple[Act, str]] = []  # (consumer input, consumer)
     self.calls = 0  # layers so far, for execution order
 
   def run(self, jaxpr: Any, tags: list[Any], scope: str) -> list[Any]:
@@ -253,30 +172,32 @@ class _Tracer:
     return [read(v) for v in jaxpr.outvars]
 
   def eqn(self, eqn: Any, tags: list[Any], where: str) -> list[Any]:
-    name, acts = eqn.primitive.name, [t for t in tags if isinstance(t, _Act)]
-    if name in _CALLS:
+    name, acts = eqn.primitive.name, [t for t in tags if isinstance(t, Act)]
+    if name in CALLS:
       key = next(k for k in ('jaxpr', 'call_jaxpr', 'fun_jaxpr') if k in eqn.params)
       return self.run(getattr(eqn.params[key], 'jaxpr', eqn.params[key]), tags, where)
-    if name == 'conv_general_dilated' and not isinstance(tags[0], _Param):
+    if any(isinstance(tag, Heads) for tag in tags):
+      return self.heads_eqn(eqn, tags, where)
+    if name == 'conv_general_dilated' and not isinstance(tags[0], Param):
       return self.conv(eqn, tags, acts, where)
-    if name == 'dot_general' and not isinstance(tags[0], _Param):
+    if name == 'dot_general' and not isinstance(tags[0], Param):
       return self.dot(eqn, tags, acts, where)
     if not acts:
-      return _inert(eqn, tags)
-    if name in _IDENTITY:
+      return inert(eqn, tags)
+    if name in IDENTITY:
       return list(tags)
     if name == 'concatenate':
-      if eqn.params['dimension'] == len(_shape(eqn.outvars[0])) - 1:
+      if eqn.params['dimension'] == len(shape_of(eqn.outvars[0])) - 1:
         return [self.concatenate(eqn, tags, acts, where)]
       return [self.elementwise(eqn, tags, acts, where)]
-    if name in _ELEMENTWISE:
+    if name in ELEMENTWISE:
       return [self.elementwise(eqn, tags, acts, where)]
     if name == 'reshape':
       return self.reshape(eqn, acts[0], where)
     one = len(acts) == 1 and tags[0] is acts[0]
-    change = _channel_change(eqn) if one else 'unsupported primitive'
+    change = channel_change(eqn) if one else 'unsupported primitive'
     if change:
-      return self.reject(eqn, acts, change, where)
+      return self.reject(eqn, acts, change, where, tags)
     zero = acts[0].zero if name != 'pad' or tags[1] == 0.0 else f'pad after {acts[0].source}'
     return [dataclasses.replace(acts[0], zero=zero)] * len(eqn.outvars)
 
@@ -294,53 +215,82 @@ class _Tracer:
     a, b = sorted((self.find(a), self.find(b)), key=self.first_call)
     if a == b:
       return
-    if self.spaces[a].size != self.spaces[b].size:
-      for root in (a, b):
-        self.spaces[root].reasons.append('parameter axis shared with a space of '
-                                         'another size')
+    space_a, space_b = self.spaces[a], self.spaces[b]
+    if (space_a.size, space_a.unit) != (space_b.size, space_b.unit):
+      for one, other in ((space_a, space_b), (space_b, space_a)):
+        one.reasons.append(f'joined with channels tied into units by {other.tied_by}'
+                           if other.tied_by else
+                           'parameter axis shared with a space of another size')
       return
     self.parent[b] = a
     for field in ('producers', 'layers', 'couplings', 'reasons'):
       getattr(self.spaces[a], field).extend(getattr(self.spaces[b], field))
 
-  def add_layer(self, space: int, module: str) -> None:
-    """`module` makes or passes on `space`: its site masks the space."""
+  def add_layer(self, space: int, module: str, width: int) -> None:
+    """`module` makes or passes on `space` (`width` channels): its site masks it."""
     self.spaces[self.find(space)].layers.append((self.calls, module))
     self.layer_spaces.setdefault(module, []).append(space)
+    self.widths[module] = width
     self.calls += 1
+
+  def tie(self, space: int, units: int, unit: int, layer: str) -> bool:
+    """Ties the channels of `space` into `units` units of `unit` channels (copies
+    repeat every units * unit channels); False (and a reason) if they cannot be."""
+    root = self.spaces[self.find(space)]
+    if (root.size, root.unit) == (units, unit):
+      return True
+    if root.tied_by or root.size % (units * unit):
+      root.reasons.append(f'channels tied into units by both {root.tied_by} and {layer}'
+                          if root.tied_by else f'{layer} splits {root.size} channels '
+                          f'into units of {unit} in {units} parts')
+      return False
+    root.couplings = [_in_units(c, units, unit, root.size) for c in root.couplings]
+    root.size, root.unit, root.tied_by = units, unit, layer
+    return True
 
   def new_space(self, size: int, reasons: list[str]) -> int:
     self.spaces.append(_Space(size, reasons=reasons))
     self.parent.append(len(self.parent))
     return len(self.parent) - 1
 
-  def produce(self, module: str, kernel: _Param, var: Any, axis: int) -> _Act:
+  def produce(self, module: str, kernel: Param, var: Any, axis: int) -> Act:
     """A new space made by `module`, its kernel's axis `axis` coupled."""
-    size = _shape(var)[axis]
+    size = shape_of(var)[axis]
     space = self.new_space(size, [])
     self.spaces[space].producers.append((self.calls, module))
-    self.add_layer(space, module)
-    act = _Act(((space, size),), 0, module, (module, True), frozenset({module}))
+    self.add_layer(space, module, size)
+    act = Act(((space, size),), 0, module, (module, True), frozenset({module}))
     self.couple(act, kernel, axis, size)
     return act
 
-  def mark(self, act: _Act, reason: str) -> None:
-    for space, _ in act.segments:
-      if space is not None:
-        self.spaces[self.find(space)].reasons.append(reason)
+  def mark(self, tag: Act | Heads, reason: str) -> None:
+    for space in spaces_of(tag):
+      self.spaces[self.find(space)].reasons.append(reason)
 
-  def reject(self, eqn: Any, acts: list[_Act], what: str, where: str) -> list[Any]:
-    """Marks the spaces unprunable; the outputs carry the reason to what they join."""
+  def couple_units(self, space: int, collection: str, path: tuple[str, ...],
+                   axis: int) -> None:
+    """Couples an axis holding one entry per unit of `space` (a per-head vector)."""
+    self.spaces[self.find(space)].couplings.append(Coupling(collection, path, axis))
+
+  def reject(self, eqn: Any, acts: list[Act | Heads], what: str, where: str,
+             tags: Sequence[Any] = ()) -> list[Any]:
+    """Marks the spaces unprunable; the outputs carry the reason to what they join.
+
+    The reason names the module the op runs in, else the module whose variables it
+    reads (a scanned or vmapped module: `tags` are the op's operand tags), else the
+    layer before it.
+    """
     if not acts:
       return [None] * len(eqn.outvars)
-    place = f'in {_module_at(where)}' if _module_at(where) else f'after {acts[0].source}'
+    module = module_at(where) or _common_module(tags)
+    place = f'in {module}' if module else f'after {acts[0].source}'
     reason = f'{what} {place} ({eqn.primitive.name})'
     for act in acts:
       self.mark(act, reason)
-    return [_Act(((self.new_space(_width(var), [reason]), _width(var)),), 0,
+    return [Act(((self.new_space(width_of(var), [reason]), width_of(var)),), 0,
                  acts[0].source, None, frozenset()) for var in eqn.outvars]
 
-  def couple(self, act: _Act, param: _Param, axis: int, size: int) -> set[str]:
+  def couple(self, act: Act, param: Param, axis: int, size: int) -> set[str]:
     """Couples the variable axes behind `param`'s axis to the channels of `act`."""
     modules = set()
     for collection, path, axes in param.refs:
@@ -350,8 +300,10 @@ class _Tracer:
       offset = 0
       for space, width in act.segments:
         if space is not None:
-          self.spaces[self.find(space)].couplings.append(
-              Coupling(collection, path, axes[axis], offset, act.period))
+          root = self.spaces[self.find(space)]
+          root.couplings.append(_in_units(
+              Coupling(collection, path, axes[axis], offset, act.period), root.size,
+              root.unit, width))
         offset += width
     return modules
 
@@ -365,63 +317,84 @@ class _Tracer:
 
   # ------------------------------------------------------------------ rules
 
-  def conv(self, eqn: Any, tags: list[Any], acts: list[_Act], where: str) -> list[Any]:
+  def conv(self, eqn: Any, tags: list[Any], acts: list[Act], where: str) -> list[Any]:
     (lhs, rhs), (lhs_var, rhs_var), out_var = tags, eqn.invars, eqn.outvars[0]
     dims, groups = eqn.params['dimension_numbers'], eqn.params['feature_group_count']
-    last = len(_shape(out_var)) - 1
-    if not isinstance(rhs, _Param):
+    last = len(shape_of(out_var)) - 1
+    if not isinstance(rhs, Param):
       return self.reject(eqn, acts, 'conv without a parameter kernel', where)
-    module, c_in = _module(rhs), _width(lhs_var)
+    module, c_in = kernel_module(rhs), width_of(lhs_var)
     if (eqn.params['batch_group_count'] != 1 or dims.lhs_spec[1] != last
         or dims.out_spec[1] != last):
       out = self.produce(module, rhs, rhs_var, dims.rhs_spec[0])
       return self.reject(eqn, [*acts, out], 'conv not channels-last', where)
-    if groups == c_in == _width(out_var) and isinstance(lhs, _Act):  # depth-wise
+    if groups == c_in == width_of(out_var) and isinstance(lhs, Act):  # depth-wise
       self.couple(lhs, rhs, dims.rhs_spec[0], c_in)
-      for space, _ in lhs.segments:
+      for space, width in lhs.segments:
         if space is not None:
-          self.add_layer(space, module)
-      return [_Act(lhs.segments, lhs.period, module, (module, True), frozenset({module}))]
-    if isinstance(lhs, _Act):
+          self.add_layer(space, module, width)
+      return [Act(lhs.segments, lhs.period, module, (module, True), frozenset({module}))]
+    in_axis, per_group = dims.rhs_spec[1], shape_of(rhs_var)[dims.rhs_spec[1]]
+    if isinstance(lhs, Act):
       self.uses.append((lhs, module))
-      self.couple(lhs, rhs, dims.rhs_spec[1], _shape(rhs_var)[dims.rhs_spec[1]])
+      if groups == 1:
+        self.couple(lhs, rhs, in_axis, per_group)
+      else:
+        self.grouped_input(lhs, rhs, in_axis, per_group, f'{module} (feature_group_count='
+                           f'{groups})')
     out = self.produce(module, rhs, rhs_var, dims.rhs_spec[0])
-    if groups not in (1, c_in):
-      self.reject(eqn, [*acts, out], f'grouped conv (feature_group_count={groups})', where)
+    if groups > 1:  # Every conv group keeps the same output positions.
+      self.tie(out.segments[0][0], width_of(out_var) // groups, 1, module)
     return [out]
 
-  def dot(self, eqn: Any, tags: list[Any], acts: list[_Act], where: str) -> list[Any]:
+  def grouped_input(self, lhs: Act, kernel: Param, in_axis: int, per_group: int,
+                    conv: str) -> None:
+    """A grouped conv reads input channel c at kernel index c % per_group: its input
+    space is pruned by position, the same positions in every conv group."""
+    space = lhs.segments[0][0]
+    if len(lhs.segments) != 1 or lhs.period or space is None:
+      self.mark(lhs, f'grouped conv {conv} reads concatenated or flattened channels')
+    elif self.tie(space, per_group, 1, conv):
+      self.couple(dataclasses.replace(lhs, segments=((space, per_group),)), kernel,
+                  in_axis, per_group)
+
+  def dot(self, eqn: Any, tags: list[Any], acts: list[Act], where: str) -> list[Any]:
     (lhs, rhs), (lhs_var, rhs_var) = tags, eqn.invars
     (lhs_contract, rhs_contract), (lhs_batch, _) = eqn.params['dimension_numbers']
-    free = [d for d in range(len(_shape(rhs_var))) if d not in rhs_contract]
-    if (not isinstance(rhs, _Param) or lhs_batch or len(free) != 1
-        or tuple(lhs_contract) != (len(_shape(lhs_var)) - 1,)):
+    rank = len(shape_of(rhs_var))
+    free = [d for d in range(rank) if d not in rhs_contract]
+    if (not isinstance(rhs, Param) or lhs_batch or free not in ([rank - 1], [rank - 2,
+                                                                            rank - 1])
+        or tuple(lhs_contract) != (len(shape_of(lhs_var)) - 1,)):
       return self.reject(eqn, acts, 'dot_general not contracting channels with a '
-                         'parameter kernel', where)
-    module = _module(rhs)
-    if isinstance(lhs, _Act):
+                         'parameter kernel', where, tags)
+    module = kernel_module(rhs)
+    if isinstance(lhs, Act):
       self.uses.append((lhs, module))
-      self.couple(lhs, rhs, rhs_contract[0], _width(lhs_var))
+      self.couple(lhs, rhs, rhs_contract[0], width_of(lhs_var))
+    if len(free) == 2:  # DenseGeneral to (heads, head_dim)
+      return [self.produce_heads(module, rhs, rhs_var, eqn.outvars[0])]
     return [self.produce(module, rhs, rhs_var, free[0])]
 
-  def reshape(self, eqn: Any, act: _Act, where: str) -> list[Any]:
+  def reshape(self, eqn: Any, act: Act, where: str) -> list[Any]:
     """Keeps channels when the new last axis is a multiple of the old period."""
-    period, new = act.period or _width(eqn.invars[0]), _shape(eqn.outvars[0])
+    period, new = act.period or width_of(eqn.invars[0]), shape_of(eqn.outvars[0])
     if eqn.params.get('dimensions') is None and new and new[-1] % period == 0:
       return [dataclasses.replace(act, period=0 if new[-1] == period else period)]
-    return self.reject(eqn, [act], 'reshape mixing channels', where)
+    return self.split_heads(eqn, act, where) or self.reject(
+        eqn, [act], 'reshape mixing channels', where)
 
-  def concatenate(self, eqn: Any, tags: list[Any], acts: list[_Act], where: str) -> _Act:
+  def concatenate(self, eqn: Any, tags: list[Any], acts: list[Act], where: str) -> Act:
     """Concatenated channels: the operands' segments side by side."""
     if any(act.period for act in acts):
       return self.reject(eqn, acts, 'concatenation of flattened channels', where)[0]
     segments = []
     for tag, var in zip(tags, eqn.invars):
-      segments += tag.segments if isinstance(tag, _Act) else [(None, _width(var))]
-    zero = _zero('concatenate', eqn, [act.zero for act in acts])
-    return _Act(tuple(segments), 0, acts[-1].source, None, zero)
+      segments += tag.segments if isinstance(tag, Act) else [(None, width_of(var))]
+    zero = zero_after('concatenate', eqn, [act.zero for act in acts])
+    return Act(tuple(segments), 0, acts[-1].source, None, zero)
 
-  def join(self, a: _Act, b: _Act, eqn: Any, where: str) -> _Act:
+  def join(self, a: Act, b: Act, eqn: Any, where: str) -> Act:
     """One channel space for activations combined element-wise."""
     if (a.period != b.period or [w for _, w in a.segments] != [w for _, w in b.segments]
         or any((x is None) != (y is None) for (x, _), (y, _) in zip(a.segments,
@@ -429,37 +402,41 @@ class _Tracer:
       return self.reject(eqn, [a, b], 'mismatched channel layouts', where)[0]
     for (x, _), (y, _) in zip(a.segments, b.segments):
       if x is not None:
+        for tied, other in ((x, y), (y, x)):  # a tie spreads to the joined space
+          tied_space = self.spaces[self.find(tied)]
+          if tied_space.tied_by and not self.spaces[self.find(other)].tied_by:
+            self.tie(other, tied_space.size, tied_space.unit, tied_space.tied_by)
         self.union(x, y)
     return a
 
-  def elementwise(self, eqn: Any, tags: list[Any], acts: list[_Act], where: str) -> _Act:
+  def elementwise(self, eqn: Any, tags: list[Any], acts: list[Act], where: str) -> Act:
     """Joins the activations, couples parameter vectors, and follows sites and zeros."""
-    name, out, width = eqn.primitive.name, acts[0], _width(eqn.outvars[0])
+    name, out, width = eqn.primitive.name, acts[0], width_of(eqn.outvars[0])
     for other in acts[1:]:
       out = self.join(out, other, eqn, where)
     modules, zeros = set(), []
     for tag, var in zip(tags, eqn.invars):
-      if isinstance(tag, _Act) or _keeps_zero(name, tag):
-        zeros.append(tag.zero if isinstance(tag, _Act) else frozenset())
+      if isinstance(tag, Act) or keeps_zero(name, tag):
+        zeros.append(tag.zero if isinstance(tag, Act) else frozenset())
         continue
-      coupled = self.couple(out, tag, -1, width) if isinstance(tag, _Param) else set()
-      if not coupled and _width(var) > 1:
+      coupled = self.couple(out, tag, -1, width) if isinstance(tag, Param) else set()
+      if not coupled and width_of(var) > 1:
         return self.reject(eqn, acts, 'element-wise with a non-parameter array', where)[0]
       modules |= coupled
       zeros.append(f'{name} with {", ".join(sorted(coupled)) or "a constant"} after '
                    f'{out.source}')
     chain = self.merge_chains(acts)
     if chain and modules == {chain[0]}:  # the chain module's own vectors: before its site
-      own = frozenset() if name in _ADDITIVE else 'own'
-      zeros = [own if isinstance(t, _Param) else z for t, z in zip(tags, zeros)]
+      own = frozenset() if name in ADDITIVE else 'own'
+      zeros = [own if isinstance(t, Param) else z for t, z in zip(tags, zeros)]
     elif chain and chain[1] and len(modules) == 1:  # the first norm after a layer
       self.claim(chain[0], *modules)
       return dataclasses.replace(out, chain=(*modules, False), zero=frozenset())
     elif modules:
       chain = None
-    return dataclasses.replace(out, chain=chain, zero=_zero(name, eqn, zeros))
+    return dataclasses.replace(out, chain=chain, zero=zero_after(name, eqn, zeros))
 
-  def merge_chains(self, acts: list[_Act]) -> tuple[str, bool] | None:
+  def merge_chains(self, acts: list[Act]) -> tuple[str, bool] | None:
     """The chain of a combination: a shared one, or a site and layers it closes."""
     chains = {act.chain for act in acts}
     closed = [c for c in chains if c and not c[1]]
@@ -474,7 +451,7 @@ class _Tracer:
     """Joins spaces coupled to the same entries of an axis; overlaps are unprunable."""
     owners: dict[Coupling, list[int]] = {}
     for root in {self.find(i) for i in range(len(self.spaces))}:
-      for c in _unique(self.spaces[root].couplings):
+      for c in unique(self.spaces[root].couplings):
         owners.setdefault(c, []).append(root)
     held: dict[tuple[str, tuple[str, ...], int], list[tuple[np.ndarray, int]]] = {}
     for c, roots in owners.items():
@@ -512,14 +489,37 @@ class _Tracer:
     spaces = [s for i, s in enumerate(self.spaces) if self.find(i) == i and s.producers]
     groups = []
     for space in sorted(spaces, key=lambda s: min(s.producers)):
-      producers = _unique(m for _, m in sorted(space.producers))
-      reasons = _unique(space.reasons)
+      producers = unique(m for _, m in sorted(space.producers))
+      sites: dict[str, int] = {}  # site -> its channels, in execution order
+      for _, layer in sorted(space.layers):
+        sites.setdefault(self.sites.get(layer, layer), self.widths[layer])
+      reasons = unique(space.reasons)
       groups.append(ChannelGroup(
           name=producers[0], size=space.size, producers=tuple(producers),
-          sites=tuple(_unique(self.sites.get(m, m) for _, m in sorted(space.layers))),
-          couplings=tuple(_unique(space.couplings)), joined=len(producers) > 1,
+          sites=tuple(sites), site_widths=tuple(sites.values()),
+          unit=space.unit,
+          couplings=tuple(unique(space.couplings)), joined=len(producers) > 1,
           prunable=not reasons, reason='; '.join(reasons)))
     return ChannelGraph(tuple(groups))
+
+
+def _common_module(tags: Sequence[Any]) -> str:
+  """The deepest module holding every variable that `tags` read ('' if none)."""
+  paths = [path[:-1] for tag in tags if isinstance(tag, Param) for _, path, _ in tag.refs]
+  common = paths[0] if paths else ()
+  for path in paths[1:]:
+    shared = 0
+    while shared < min(len(common), len(path)) and common[shared] == path[shared]:
+      shared += 1
+    common = common[:shared]
+  return '/'.join(common)
+
+
+def _in_units(coupling: Coupling, units: int, unit: int, width: int) -> Coupling:
+  """A coupling of a `width`-channel array as a coupling of units (see `tie`)."""
+  copies = width // (units * unit)
+  return dataclasses.replace(coupling, unit=unit, copies=copies,
+                             stride=units * unit if copies > 1 else 0)
 
 
 def trace_channel_graph(apply_fn: Callable[..., Any], variables: Any, *args: Any,
@@ -554,9 +554,15 @@ def trace_channel_graph(apply_fn: Callable[..., Any], variables: Any, *args: Any
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
     keys = tuple(str(getattr(k, 'key', getattr(k, 'name', k))) for k in key_path)
     shapes[keys[0], keys[1:]] = tuple(leaf.shape)
-    tags.append(_Param(frozenset({(keys[0], keys[1:], tuple(range(len(leaf.shape))))})))
-  tracer = _Tracer(shapes)
-  for out in tracer.run(closed.jaxpr, tags + [None] * len(dynamic), ''):
-    if isinstance(out, _Act):
-      tracer.mark(out, f'model output ({out.source})')
-  return tracer.graph()
+    tags.append(Param(frozenset({(keys[0], keys[1:], tuple(range(len(leaf.shape))))})))
+  not_heads = frozenset()
+  while True:  # Again without the head splits whose heads cannot be pruned.
+    tracer = _Tracer(shapes, not_heads)
+    for out in tracer.run(closed.jaxpr, tags + [None] * len(dynamic), ''):
+      if isinstance(out, (Act, Heads)):
+        tracer.mark(out, f'model output ({out.source})')
+    graph = tracer.graph()
+    failed = tracer.failed_splits()
+    if not failed:
+      return graph
+    not_heads |= failed

@@ -55,7 +55,8 @@ def pruning_layers(scales: Mapping[str, jax.Array],
 
   Args:
     scales: site module path ('stage1_block0/bn1') -> `scale` of its pruning layer.
-      Sites that share one array share one pruning layer (a residual stream).
+      Sites that share one array share one pruning layer (a residual stream). A
+      site with outputs (..., heads, head_dim) takes heads * head_dim entries.
       Modules not named here are untouched (mode 'off').
     masks: site path -> binary mask: those sites run in binary mode, the others
       in real mode.
@@ -64,15 +65,20 @@ def pruning_layers(scales: Mapping[str, jax.Array],
 
   def intercept(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
+    if context.method_name != '__call__' or context.module.scope is None:
+      return out  # An unbound module (built with parent=None) is never a site.
     path = '/'.join(context.module.path)
-    if context.method_name != '__call__' or path not in scales:
+    if path not in scales:
       return out
-    mode = 'binary' if path in masks else 'real'
-    if out.shape[-1] != scales[path].shape[0]:
+    mode, width = 'binary' if path in masks else 'real', scales[path].shape[0]
+    flat = out
+    if out.shape[-1] != width and out.ndim > 1 and out.shape[-2] * out.shape[-1] == width:
+      flat = out.reshape(*out.shape[:-2], width)  # (..., heads, head_dim) projections
+    if flat.shape[-1] != width:
       raise ValueError(f'PruningLayer after {path}: {out.shape[-1]} channels but a '
-                       f'scale of {scales[path].shape[0]}.')
+                       f'scale of {width}.')
     return PruningLayer(mode=mode, parent=None).apply(
-        {'params': {'scale': scales[path]}}, out, masks.get(path))
+        {'params': {'scale': scales[path]}}, flat, masks.get(path)).reshape(out.shape)
 
   with nn.intercept_methods(intercept):
     yield

@@ -37,26 +37,36 @@ def fold_scale(params: Mapping[str, Any], group: ChannelGroup, scale: jax.Array)
   """`params` with the pruning layer of `group` folded into each of its sites.
 
   A norm site gets `scale *= s` and `bias *= s`; a conv or dense site (no norm) gets
-  its kernel's output axis and bias multiplied.
+  its kernel's output axis and bias multiplied. `scale` has one entry per unit of the
+  group (`ChannelGroup.expand` spreads it over each site's channels).
 
   Raises:
     ValueError: a site without a scale or kernel to fold into (names it).
   """
   params = dict(params)
-  for site in group.sites:
+  widths = group.site_widths or (None,) * len(group.sites)
+  for site, width in zip(group.sites, widths, strict=True):
     path = tuple(site.split('/'))
     layer = dict(_leaf(params, path))
-    if 'scale' in layer:
-      layer['scale'] = layer['scale'] * scale.astype(layer['scale'].dtype)
-    elif 'kernel' in layer:
-      layer['kernel'] = layer['kernel'] * scale.astype(layer['kernel'].dtype)
-    else:
+    if not {'scale', 'kernel'} & set(layer):
       raise ValueError(f'Cannot fold the pruning layer of {group.name} into {site}: it '
                        f'has neither a scale nor a kernel (params {sorted(layer)}).')
-    if 'bias' in layer:
-      layer['bias'] = layer['bias'] * scale.astype(layer['bias'].dtype)
+    for key in ('scale', 'kernel', 'bias') if 'scale' in layer else ('kernel', 'bias'):
+      if key in layer:
+        layer[key] = _times_channels(layer[key], group, scale, width)
     params = _replace(params, path, layer)
   return params
+
+
+def _times_channels(array: jax.Array, group: ChannelGroup, scale: jax.Array,
+                    width: int | None) -> jax.Array:
+  """`array` times the per-unit `scale` along its output channels: its last axis, or
+  its last two (heads, head_dim) where they hold the site's `width` channels."""
+  shape = array.shape
+  if width and shape[-1] != width and len(shape) > 1 and shape[-2] * shape[-1] == width:
+    flat = array.reshape(*shape[:-2], width)
+    return (flat * group.expand(scale, width).astype(array.dtype)).reshape(shape)
+  return array * group.expand(scale, shape[-1]).astype(array.dtype)
 
 
 def fold_scales(params: Mapping[str, Any], graph: ChannelGraph,
@@ -106,7 +116,8 @@ def plan(graph: ChannelGraph, masks: Mapping[str, np.ndarray], variables: Any) -
 
   Args:
     graph: the model's channel graph.
-    masks: group name -> bool mask of its channels (True = kept).
+    masks: group name -> bool mask of its units (True = kept): channels, or positions
+      in every conv group, or attention heads (`ChannelGroup`).
     variables: the model's variables (arrays or shape structs), for axis sizes.
 
   Raises:
@@ -118,7 +129,8 @@ def plan(graph: ChannelGraph, masks: Mapping[str, np.ndarray], variables: Any) -
     group = graph.group(name)
     mask = np.asarray(mask, bool)
     if mask.shape != (group.size,):
-      raise ValueError(f'{name}: mask of shape {mask.shape} for {group.size} channels.')
+      raise ValueError(f'{name}: mask of shape {mask.shape} for {group.size} units (one '
+                       'per channel, conv-group position or attention head).')
     if mask.all():
       continue
     if not group.prunable:

@@ -24,6 +24,22 @@ def test_filter_l1_norms_hand_computed_and_summed_over_producers():
   np.testing.assert_allclose(criteria.filter_l1_norms(params, group(('a', 'b'))), [6, 0, 1])
 
 
+def test_filter_l1_norms_per_unit_of_tied_channels_hand_computed():
+  heads = ChannelGroup(name='qkv', size=2, producers=('qkv', 'mha'), sites=(),
+                       couplings=(), joined=True, prunable=True, reason='', unit=2)
+  fused = np.array([[1.0, -1.0, 2.0, 0.0, 0.5, 0.5, 0.0, 3.0]])  # (in, Q|K of 2 heads)
+  projection = np.array([[[1.0, 2.0], [0.0, -4.0]]])  # DenseGeneral (in, heads, dim)
+  np.testing.assert_allclose(criteria.filter_l1_norms(
+      {'qkv': {'kernel': fused}, 'mha': {'kernel': projection}}, heads), [6.0, 9.0])
+  positions = ChannelGroup(name='conv', size=2, producers=('conv',), sites=('bn',),
+                           couplings=(), joined=False, prunable=True, reason='')
+  kernel = np.array([[[[1.0, 2.0, 3.0, -4.0]]]])  # 2 conv groups of 2 positions
+  np.testing.assert_allclose(criteria.filter_l1_norms({'conv': {'kernel': kernel}},
+                                                      positions), [4.0, 6.0])
+  params = {'bn': {'scale': np.array([1.0, -2.0, 3.0, 4.0])}}
+  np.testing.assert_allclose(criteria.norm_scales(params, positions), [4.0, 6.0])
+
+
 def test_norm_scales_and_missing_norm_named():
   params = {'bn': {'scale': np.array([0.5, -2.0, 0.0]), 'bias': np.zeros(3)},
             'conv': {'kernel': np.ones((1, 1, 2, 3))}}

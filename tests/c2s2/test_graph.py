@@ -83,7 +83,8 @@ def masked(pruned, inputs: dict):
   for group, channels in pruned:
     mask = np.ones(group.size, np.float32)
     mask[channels] = 0
-    masks.update({site: mask for site in group.sites})
+    masks.update({site: group.expand(mask, width)
+                  for site, width in zip(group.sites, group.site_widths)})
 
   def intercept(next_fun, args, call_kwargs, context):
     if context.method_name != '__call__':
@@ -160,8 +161,8 @@ def check_masking(model, variables, x, groups, seed=0, **kwargs):
                                   err_msg=f'dead but not coupled: {path}')
 
 
-def coupled(group, collection, path, axis, offset=0, period=0):
-  return Coupling(collection, tuple(path.split('/')), axis, offset, period) in \
+def coupled(group, collection, path, axis, offset=0, period=0, **units):
+  return Coupling(collection, tuple(path.split('/')), axis, offset, period, **units) in \
       group.couplings
 
 
@@ -477,8 +478,10 @@ def test_unsupported_patterns_are_not_prunable_with_a_reason():
   assert 'reshape mixing channels after shuffled (reshape)' in graph.group(
       'shuffled').reason
   assert 'transpose moving channels' in graph.group('transposed').reason
-  assert 'grouped conv (feature_group_count=2)' in graph.group('grouped').reason
-  assert [g.name for g in graph.prunable()] == ['kept']
+  grouped = graph.group('grouped')  # pruned by position in each conv group
+  assert (grouped.size, grouped.site_widths) == (4, (8,))
+  assert coupled(grouped, 'params', 'head/kernel', 0, offset=8, stride=4, copies=2)
+  assert [g.name for g in graph.prunable()] == ['grouped', 'kept']
   check_masking(model, variables, x, graph.prunable())
 
 

@@ -22,6 +22,7 @@ import pytest
 
 import c2s2
 import cci
+from tests.foreign import zoo_models
 
 # ------------------------------------------------------------------ the models
 
@@ -176,7 +177,12 @@ CASES = [Case('compact_plain_flatten', PlainNet()),
          Case('concatenation', Inception()),
          Case('depth_wise', InvertedResidual()),
          Case('bottleneck', BottleneckNet()),
-         Case('conv_transpose_dense_general', EncoderDecoder())]
+         Case('conv_transpose_dense_general', EncoderDecoder()),
+         Case('grouped_resnext', zoo_models.ResNeXt()),
+         Case('factory_share_scope_remat', zoo_models.FactoryNet(), takes_train=False),
+         Case('vit_fused_qkv', zoo_models.ViT('fused'), takes_train=False),
+         Case('vit_separate_qkv', zoo_models.ViT('separate'), takes_train=False),
+         Case('vit_flax_attention', zoo_models.ViT('flax'), takes_train=False)]
 IDS = [case.name for case in CASES]
 
 
@@ -299,7 +305,7 @@ def test_augmentation_and_a_dense_checkpoint_change_no_output(case):
   # The dense checkpoint, written and read back into the model's own tree.
   restored = flax.serialization.from_bytes(
       jax.tree.map(jnp.zeros_like, variables), flax.serialization.to_bytes(variables))
-  sites = {site: jnp.ones(group.size) for group in graph.groups for site in group.sites}
+  sites = graph.at_sites({group.name: jnp.ones(group.size) for group in graph.groups})
 
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def outputs(variables):
@@ -328,8 +334,12 @@ def test_masked_and_compact_outputs_agree(case, seed):
                                 at_sites(graph, masks))
   sliced = compact(graph, variables, masks, scales)
   for name, mask in masks.items():
-    for producer in graph.group(name).producers:
-      assert _leaf(sliced['params'], producer + '/kernel').shape[-1] == mask.sum()
+    group = graph.group(name)
+    for c in group.couplings:  # producers' output axes hold the kept units only
+      if '/'.join(c.path[:-1]) in group.producers and c.path[-1] == 'kernel':
+        size = _leaf(variables['params'], '/'.join(c.path)).shape[c.axis]
+        assert _leaf(sliced['params'], '/'.join(c.path)).shape[c.axis] == (
+            size // group.size * mask.sum())
   apply = c2s2.compact_apply(case.model)
   out = jax.jit(lambda v: case.apply(v, x, apply=apply), compiler_options=FAST_COMPILE)(
       sliced)
@@ -465,15 +475,16 @@ def test_an_inconsistent_kernel_is_refused_by_name():
 
 def at_sites(graph, per_group):
   """{site: float array} from {group name: array} (the pruning layers' arguments)."""
-  return {site: jnp.asarray(value, jnp.float32)
-          for name, value in per_group.items() for site in graph.group(name).sites}
+  return graph.at_sites({name: jnp.asarray(value, jnp.float32)
+                         for name, value in per_group.items()})
 
 
 def _kernels(params):
-  """(path, shape) of every conv and dense kernel, in tree order."""
+  """(path, shape) of every conv and dense kernel, in tree order (CCI leaves the 3-D
+  kernels of DenseGeneral to or from several axes dense)."""
   return [(cci.masks.path_of(kp), leaf.shape)
           for kp, leaf in jax.tree_util.tree_leaves_with_path(params)
-          if cci.masks.path_of(kp).endswith('kernel')]
+          if cci.masks.path_of(kp).endswith('kernel') and leaf.ndim in (2, 4)]
 
 
 def _leaf(tree, path):
