@@ -68,21 +68,22 @@ def _quiet_closed_loop_callbacks(unraisable) -> None:
   sys.__unraisablehook__(unraisable)
 
 
-def _exit_with_one_line(error: Exception) -> None:
-  """Prints `error` on one stderr line and exits 1, unless a traceback was asked for."""
-  if os.environ.get(errors.DEBUG_ENV) or flags.FLAGS.verbosity >= 1:
-    raise error
-  if isinstance(error, errors.UserError):
-    message = str(error)
-  elif errors.is_disk_full(error):
-    message = str(errors.DiskFullError(getattr(error, 'filename', None) or _WORKDIR.value))
-  else:  # ValueError, FileNotFoundError: bad config values, data, workdirs.
-    message = str(error)
+def _exit_with_one_line(message: str) -> None:
   logging.flush()
   # Orbax's coroutines cut short by the error would warn when collected at exit.
   warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
   print(f'Error: {" ".join(message.split())}', file=sys.stderr, flush=True)
   sys.exit(1)
+
+
+def _report(error: Exception) -> None:
+  """Exits with `error` in one line, unless a traceback was asked for."""
+  if os.environ.get(errors.DEBUG_ENV) or flags.FLAGS.verbosity >= 1:
+    raise error
+  message = str(error)  # ValueError, FileNotFoundError: config values, data, workdirs.
+  if errors.is_disk_full(error) and not isinstance(error, errors.UserError):
+    message = str(errors.DiskFullError(getattr(error, 'filename', None) or _WORKDIR.value))
+  _exit_with_one_line(message)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -92,9 +93,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except AttributeError as e:  # ml_collections: "'key'\nDid you mean ...?"
     if os.environ.get(errors.DEBUG_ENV):
       raise
-    message = str(e).strip('\'"').replace("\\'", "'").replace('\\n', ' ').replace('\n', ' ')
-    print(f'Error: a --config override names no config key: {message}', file=sys.stderr)
-    sys.exit(1)
+    message = str(e).strip('\'"').replace("\\'", "'").replace('\\n', ' ')
+    _exit_with_one_line(f'a --config override names no config key: {message}')
 
 
 def _config() -> ml_collections.ConfigDict | None:
@@ -113,14 +113,19 @@ def _config() -> ml_collections.ConfigDict | None:
         f'loaded: {cause}') from e
 
 
+def _caused_by_user(error: Exception) -> bool:
+  """The project's user errors, bad values (ValueError), missing files, a full disk."""
+  return isinstance(error, (errors.UserError, ValueError, FileNotFoundError)) or (
+      errors.is_disk_full(error))
+
+
 def main(argv: list[str]) -> None:
   try:
     _run(argv)
-  except (errors.UserError, ValueError, FileNotFoundError, OSError) as e:
-    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and (
-        not errors.is_disk_full(e)):
+  except Exception as e:  # pylint: disable=broad-except
+    if not _caused_by_user(e):
       raise
-    _exit_with_one_line(e)
+    _report(e)
 
 
 def _run(argv: list[str]) -> None:

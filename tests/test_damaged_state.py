@@ -167,6 +167,12 @@ def test_damaged_selection_checkpoint_redoes_the_last_move(env, dense_reference,
   assert len([l for l in result.splitlines() if 'is damaged' in l]) == 2
   assert steps_in(selection / 'damaged') == [str(last)]
   assert_same_c2s2(c2s2_reference, workdir)
+  # Evaluation without widths.json reads the compact widths from the kernels.
+  (workdir / 'widths.json').write_text('{')
+  result = main_py(env, f'--workdir={workdir}', '--mode=eval')
+  assert result.returncode == 0, result.stderr[-3000:]
+  top1 = json.loads((c2s2_reference / 'summary.json').read_text())['top1']
+  assert json.loads((workdir / 'eval.json').read_text())['top1'] == top1
 
 
 # User errors: one line, exit 1, nothing written. ---------------------------------------

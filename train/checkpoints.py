@@ -262,7 +262,7 @@ def _open_read_only(workdir: str, key: str) -> tuple[ocp.CheckpointManager, str,
     if step is not None:
       return manager, directory, step
     manager.close()
-  raise errors.UserError(
+  raise errors.MissingInputError(
       f'{key}={workdir}: no checkpoint in {directory}. Train that run first: '
       f'{workdir_lib.creating_command(workdir)}')
 
@@ -271,8 +271,8 @@ def check_variables(workdir: str, like: Any, key: str = 'config.init_from') -> N
   """Checks, reading metadata only, that `load_variables(workdir, like)` would fit.
 
   Raises:
-    errors.UserError: no checkpoint in `workdir` (names `key` and the command that
-      makes one).
+    errors.MissingInputError: no checkpoint in `workdir` (names `key` and the command
+      that makes one).
     ValueError: the checkpoint's variables differ from `like` (names the first path).
   """
   manager, directory, step = _open_read_only(workdir, key)
@@ -290,8 +290,9 @@ def load_variables(workdir: str, like: Any, key: str = 'config.init_from') -> An
   from a dense model; the optimiser state is not taken.
 
   Raises:
-    errors.UserError: no checkpoint in `workdir`, or its latest is damaged (another
-      run's checkpoints are not moved: rerunning that run repairs them).
+    errors.MissingInputError: no checkpoint in `workdir`.
+    errors.UserError: its latest checkpoint is damaged (another run's checkpoints are
+      not moved: rerunning that run repairs them).
     ValueError: the checkpoint's variables differ from `like` (names the first path).
   """
   check_variables(workdir, like, key)

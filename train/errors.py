@@ -20,6 +20,10 @@ class UserError(Exception):
   """A problem the user can fix, stated in one line that names the path or key."""
 
 
+class MissingInputError(UserError, FileNotFoundError):
+  """A workdir or file that the config or a flag names does not exist."""
+
+
 class DiskFullError(UserError, OSError):
   """A write failed for lack of space; the message names the path."""
 

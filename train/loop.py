@@ -167,7 +167,7 @@ def restore_latest(config: ml_collections.ConfigDict,
       experiment.abstract_state(exp), steps.replicated(exp.mesh)))
   ckpt.close()
   if restored is None:
-    raise errors.UserError(f'No checkpoint in {ckpt.directory}.')
+    raise errors.MissingInputError(f'No checkpoint in {ckpt.directory}.')
   step, state, _ = restored
   logging.info('Restored checkpoint %s.', ckpt.path(step))
   return exp, state, step

@@ -128,3 +128,13 @@ def test_is_disk_full_reads_the_cause_chain(error, full):
       raise RuntimeError('wrapped') from inner
   except RuntimeError as outer:
     assert errors.is_disk_full(outer) == full
+
+
+def test_saved_widths_are_read_from_the_kernels(tmp_path):
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  ckpt.save(1, {'params': {'stage1': {'conv1': {'kernel': jnp.zeros((3, 3, 2, 5))}}}}, {})
+  ckpt.wait()
+  ckpt.close()
+  assert checkpoints.saved_widths(str(tmp_path), {'stage1/conv1': 8}) == {'stage1/conv1': 5}
+  assert checkpoints.saved_widths(str(tmp_path), {'stage2/conv1': 8}) is None  # Another model.
+  assert checkpoints.saved_widths(str(tmp_path / 'none'), {'stage1/conv1': 8}) is None
