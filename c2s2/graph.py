@@ -153,6 +153,15 @@ def _axis_map(eqn: Any) -> list[int | None] | None:
   return axes
 
 
+def _mixes_positions(eqn: Any, tags: list[Any]) -> bool:
+  """Whether a dot_general is `constant @ activation` over non-channel axes only, with
+  the channels last in its output (`train.models.segmentation.resize_bilinear`)."""
+  (_, rhs_contract), (lhs_batch, _) = eqn.params['dimension_numbers']
+  last = len(_shape(eqn.invars[1])) - 1
+  return (tags[0] is None and isinstance(tags[1], _Act) and not lhs_batch
+          and last not in rhs_contract)
+
+
 def _channel_change(eqn: Any) -> str:
   """How a one-activation op changes the last axis (the channels); '' if it does not."""
   name, params, last = eqn.primitive.name, eqn.params, len(_shape(eqn.invars[0])) - 1
@@ -259,6 +268,8 @@ class _Tracer:
       return self.run(getattr(eqn.params[key], 'jaxpr', eqn.params[key]), tags, where)
     if name == 'conv_general_dilated' and not isinstance(tags[0], _Param):
       return self.conv(eqn, tags, acts, where)
+    if name == 'dot_general' and _mixes_positions(eqn, tags):
+      return [self.mix_positions(eqn, tags[1], where)]
     if name == 'dot_general' and not isinstance(tags[0], _Param):
       return self.dot(eqn, tags, acts, where)
     if not acts:
@@ -403,6 +414,13 @@ class _Tracer:
       self.uses.append((lhs, module))
       self.couple(lhs, rhs, rhs_contract[0], _width(lhs_var))
     return [self.produce(module, rhs, rhs_var, free[0])]
+
+  def mix_positions(self, eqn: Any, act: _Act, where: str) -> _Act:
+    """A constant matrix times the activation along a spatial axis (a resize): every
+    channel is a linear map of itself, so 0 stays 0 and sites stay sites."""
+    if act.period:
+      return self.reject(eqn, [act], 'resize of flattened channels', where)[0]
+    return act
 
   def reshape(self, eqn: Any, act: _Act, where: str) -> list[Any]:
     """Keeps channels when the new last axis is a multiple of the old period."""
