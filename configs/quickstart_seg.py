@@ -3,19 +3,21 @@ r"""Quickstart for segmentation: a U-Net on composed digits, dense, then C2S2 an
   python main.py --config=configs/quickstart_seg.py --workdir=/tmp/quickstart_seg
   python main.py --config=configs/quickstart_seg.py:c2s2 --workdir=/tmp/quickstart_seg_c2s2
   python main.py --config=configs/quickstart_seg.py:cci --workdir=/tmp/quickstart_seg_cci
+  python main.py --config=configs/quickstart_seg.py:l1_filter --workdir=/tmp/quickstart_seg_l1
 
 Canvases of 32x32 pixels composed from scikit-learn's handwritten digits (nothing to
 download; train/seg_data.py): 11 classes (background and the ten digits), 1,000
 training canvases of which 200 are held out for C2S2's cost check, 200 test canvases.
 `c2s2` prunes the channels of the finished dense run in /tmp/quickstart_seg with the
 cost check on held-out mIoU (epsilon 0.02 = 2 mIoU points); `cci` trains 2 of 8 with the
-dynamic algorithm from scratch. Each is meant to take under 3 minutes on 2 CPU cores.
+dynamic algorithm from scratch; `l1_filter` is the L1-norm filter-pruning baseline
+(30% of every prunable group) fine-tuning the dense run. Each is meant to take under 3 minutes on 2 CPU cores.
 """
 
-from configs import base, c2s2_schedules, cci_schedules
+from configs import base, baseline_schedules, c2s2_schedules, cci_schedules
 
 DENSE_WORKDIR = '/tmp/quickstart_seg'
-VARIANTS = ('dense', 'c2s2', 'cci')
+VARIANTS = ('dense', 'c2s2', 'cci', 'l1_filter')
 
 
 def get_config(variant: str = 'dense'):
@@ -51,4 +53,7 @@ def get_config(variant: str = 'dense'):
     cp.latency_batch = 32
   elif variant == 'cci':
     cci_schedules.apply(config, 'dynamic', DENSE_WORKDIR)
+  elif variant == 'l1_filter':
+    baseline_schedules.apply(config, 'l1_filter', DENSE_WORKDIR)
+    config.channel_pruning.latency_batch = 32
   return config

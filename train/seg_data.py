@@ -181,7 +181,7 @@ def compose_canvas(seed: int, split: str, index: int, size: int,
   mask = np.zeros((size, size), np.int32)
   for _ in range(rng.integers(1, max_digits + 1)):
     k = rng.integers(len(glyphs))
-    side = int(rng.integers(max(4, size // 4), max(5, size // 2) + 1))
+    side = int(rng.integers(max(4, 3 * size // 8), max(5, 5 * size // 8) + 1))
     top, left = rng.integers(0, size - side + 1, 2)
     glyph = np.asarray(Image.fromarray(glyphs[k]).resize(
         (side, side), Image.Resampling.BILINEAR), np.float32)
