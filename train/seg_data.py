@@ -28,6 +28,7 @@ FOLDER_LAYOUT = ('ROOT/classes.txt (one class name per line), ROOT/SPLIT/images/
 CANVAS_MULTIPLE = 16  # Canvas sides are rounded up to this (the models' strides).
 DIGIT_CLASSES = ('background', *(str(d) for d in range(10)))
 _INK = 96  # A digit pixel brighter than this (0..255) is labelled with its digit.
+_PLACEMENT_TRIES = 10
 
 Fetch = Callable[[int], tuple[np.ndarray, np.ndarray, str]]  # image, mask, name
 
@@ -173,22 +174,30 @@ def _digit_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def compose_canvas(seed: int, split: str, index: int, size: int,
                    max_digits: int) -> tuple[np.ndarray, np.ndarray]:
   """Canvas `index` of `split`: 1..max_digits digits of that split at random places,
-  sides and colours on a dark noisy background; mask 0 background, d + 1 for digit d
-  (a later digit covers an earlier one). A function of its arguments only."""
+  sides and colours on a dark noisy background, their boxes apart (a digit that finds
+  no free place in `_PLACEMENT_TRIES` draws is left out); mask 0 background, d + 1 on
+  the ink of digit d. A function of its arguments only."""
   glyphs, labels = _digit_splits()[split]
   rng = np.random.default_rng([seed, ('train', 'test').index(split), index])
   image = rng.integers(0, 48, (size, size, 3)).astype(np.float32)
   mask = np.zeros((size, size), np.int32)
+  taken = np.zeros((size, size), bool)
   for _ in range(rng.integers(1, max_digits + 1)):
     k = rng.integers(len(glyphs))
     side = int(rng.integers(max(4, 3 * size // 8), max(5, 5 * size // 8) + 1))
-    top, left = rng.integers(0, size - side + 1, 2)
+    for _ in range(_PLACEMENT_TRIES):
+      top, left = rng.integers(0, size - side + 1, 2)
+      region = (slice(top, top + side), slice(left, left + side))
+      if not taken[region].any():
+        break
+    else:
+      continue
+    taken[region] = True
     glyph = np.asarray(Image.fromarray(glyphs[k]).resize(
         (side, side), Image.Resampling.BILINEAR), np.float32)
     alpha = (glyph / 255)[..., None]
-    region = (slice(top, top + side), slice(left, left + side))
     image[region] = (1 - alpha) * image[region] + alpha * rng.integers(128, 256, 3)
-    mask[region] = np.where(glyph > _INK, labels[k] + 1, mask[region])
+    mask[region] = np.where(glyph > _INK, labels[k] + 1, 0)
   return np.round(image).astype(np.uint8), mask
 
 

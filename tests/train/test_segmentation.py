@@ -15,7 +15,7 @@ from PIL import Image
 from c2s2 import graph as graph_lib
 from configs import quickstart_seg
 from train import data, methods, models, seg_data, tasks
-from train.models import segmentation
+from train.models import segmentation, stats
 
 # Models ----------------------------------------------------------------------------
 
@@ -73,6 +73,16 @@ def test_cci_groups_every_divisible_kernel_transposed_convs_included():
   assert {'up1/kernel', 'up0/kernel', 'head/kernel'} <= set(spec.grouped)
   dense = {d.path for d in decisions if not d.grouped and d.path.endswith('/kernel')}
   assert dense == {'enc0/conv1/kernel'}  # c_in = 3 (RGB).
+
+
+def test_transposed_convs_count_their_macs_per_input_position():
+  model = models.build_model('unet', 11)
+  variables, _ = _graph('unet')
+  layers = {l.path: l for l in stats.layer_stats(model, variables, (1, 16, 16, 3))}
+  assert layers['up1'].kind == 'conv_transpose'
+  assert layers['up1'].macs == 2 * 2 * 64 * 32 * 4 * 4  # kernel x 4x4 input positions
+  assert layers['up0'].macs == 2 * 2 * 32 * 16 * 8 * 8
+  assert layers['up1'].output_shape == (1, 8, 8, 32)
 
 
 # Metrics ---------------------------------------------------------------------------
