@@ -281,3 +281,17 @@ def test_a_missing_mask_or_class_list_is_named(tmp_path):
   (tmp_path / 'classes.txt').unlink()
   with pytest.raises(FileNotFoundError, match='classes.txt'):
     data.load_dataset(_folder_config(tmp_path))
+
+
+def test_tfds_masks_are_checked_and_name_their_example():
+  tfds = pytest.importorskip('tensorflow_datasets')
+  config = ml_collections.ConfigDict(_digits_config().to_dict())
+  config.update(source='seg_tfds', name='oxford_iiit_pet', num_classes=4, canvas_size=64,
+                held_out=0)
+  # Mock examples draw image and mask sides independently: they do not match.
+  with tfds.testing.mock_data(num_examples=3), pytest.raises(
+      ValueError, match=r'example oxford_iiit_pet train 0: mask of shape \(\d+, \d+\)'):
+    data.load_dataset(config)
+  config.num_classes = 0
+  with pytest.raises(ValueError, match="data.num_classes must be set"):
+    data.load_dataset(config)
