@@ -29,9 +29,9 @@ from train.models.segmentation import DeepLab, UNet
 from train.models.vgg import CifarVGG
 
 SEGMENTATION_MODELS = {'unet': UNet, 'deeplab': DeepLab}
-KNOWN_NAMES = ('vgg16', *SEGMENTATION_MODELS, *(f'resnet{d}' for d in sorted(STAGES)),
+KNOWN_NAMES = ('vgg16', *(f'resnet{d}' for d in sorted(STAGES)),
                'resnet{6n+2} for CIFAR (resnet8, resnet14, resnet20, resnet32, '
-               'resnet44, resnet56, resnet110, ...)')
+               'resnet44, resnet56, resnet110, ...)', *SEGMENTATION_MODELS)
 
 
 def build_model(name: str, num_classes: int,
