@@ -141,6 +141,15 @@ class _Space:
   reasons: list[str] = dataclasses.field(default_factory=list)
 
 
+def _mixes_positions(eqn: Any, tags: list[Any]) -> bool:
+  """Whether a dot_general is `constant @ activation` over non-channel axes only, with
+  the channels last in its output (`train.models.segmentation.resize_bilinear`)."""
+  (_, rhs_contract), (lhs_batch, _) = eqn.params['dimension_numbers']
+  last = len(shape_of(eqn.invars[1])) - 1
+  return (tags[0] is None and isinstance(tags[1], Act) and not lhs_batch
+          and last not in rhs_contract)
+
+
 class _Tracer(HeadRules):
   """Walks a jaxpr, tagging values and building the channel spaces."""
 
@@ -180,6 +189,8 @@ class _Tracer(HeadRules):
       return self.heads_eqn(eqn, tags, where)
     if name == 'conv_general_dilated' and not isinstance(tags[0], Param):
       return self.conv(eqn, tags, acts, where)
+    if name == 'dot_general' and _mixes_positions(eqn, tags):
+      return [self.mix_positions(eqn, tags[1], where)]
     if name == 'dot_general' and not isinstance(tags[0], Param):
       return self.dot(eqn, tags, acts, where)
     if not acts:
@@ -375,6 +386,13 @@ class _Tracer(HeadRules):
     if len(free) == 2:  # DenseGeneral to (heads, head_dim)
       return [self.produce_heads(module, rhs, rhs_var, eqn.outvars[0])]
     return [self.produce(module, rhs, rhs_var, free[0])]
+
+  def mix_positions(self, eqn: Any, act: Act, where: str) -> Act:
+    """A constant matrix times the activation along a spatial axis (a resize): every
+    channel is a linear map of itself, so 0 stays 0 and sites stay sites."""
+    if act.period:
+      return self.reject(eqn, [act], 'resize of flattened channels', where)[0]
+    return act
 
   def reshape(self, eqn: Any, act: Act, where: str) -> list[Any]:
     """Keeps channels when the new last axis is a multiple of the old period."""

@@ -70,9 +70,10 @@ def round_up(mask: np.ndarray, importance: np.ndarray, multiple: int) -> np.ndar
 
 
 def within_budget(reference: Mapping[str, float], current: Mapping[str, float],
-                  epsilon: float) -> bool:
-  """Whether held-out top-1 dropped by at most `epsilon` from the reference."""
-  return reference['top1'] - current['top1'] <= epsilon + 1e-12
+                  epsilon: float, metric: str = 'top1') -> bool:
+  """Whether the held-out `metric` (higher is better: 'top1', or 'miou' for
+  segmentation) dropped by at most `epsilon` (in its units) from the reference."""
+  return reference[metric] - current[metric] <= epsilon + 1e-12
 
 
 def decide(within: bool, retry: int, max_retries: int, on_over_budget: str) -> str:

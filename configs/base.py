@@ -26,7 +26,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'folder'  # 'folder' (dir or .tar[.gz]), 'tfds', 'digits'.
+  # 'folder' (dir or .tar[.gz]), 'tfds', 'digits'; segmentation (labels are masks,
+  # train/seg_data.py): 'seg_digits' (composed digits), 'seg_folder', 'seg_tfds'.
+  config.data.source = 'folder'
   config.data.path = SHARED_CIFAR10  # For 'folder': ROOT/SPLIT/CLASS/*.jpg|png.
   config.data.name = 'cifar10'  # For 'tfds': a tfds dataset name.
   config.data.data_dir = ''  # For 'tfds': '' = tfds default.
@@ -37,6 +39,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.test_split = 'test'
   config.data.crop_padding = 4  # Pad-and-random-crop; 0 disables.
   config.data.flip = True  # Random horizontal flip.
+  # Segmentation: the mask value counted nowhere, and the random scale of the training
+  # crops of image_size pixels (joint scale-crop and flip; crop_padding does not apply).
+  config.data.ignore_label = 255
+  config.data.scale_range = (1.0, 1.0)
+  config.data.canvases_train = 2000  # 'seg_digits': composed canvases per split...
+  config.data.canvases_test = 500
+  config.data.digits_per_canvas = 3  # ...with 1 to this many digits each...
+  config.data.canvas_seed = 0  # ...drawn from this seed (not config.seed).
+  config.data.image_key = 'image'  # 'seg_tfds': features of image and mask...
+  config.data.mask_key = 'segmentation_mask'
+  config.data.num_classes = 0  # ...and the number of classes (required).
+  config.data.canvas_size = 0  # 'seg_tfds' with images of varying size: canvas side.
   # Training images carved out by a fixed seed and never trained on (0: none). C2S2's
   # cost check evaluates them; pre-train the dense start with the same value, or its
   # reference is measured on images it memorised.
@@ -97,7 +111,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.channel_pruning.scale_learning_rate = 0.1
   config.channel_pruning.weight_learning_rate = 0.01
   config.channel_pruning.train_weights_in_phase1 = True
-  config.channel_pruning.epsilon = 0.005  # Allowed held-out top-1 drop.
+  config.channel_pruning.epsilon = 0.005  # Allowed held-out drop of cost_metric...
+  config.channel_pruning.cost_metric = 'top1'  # ...'top1', or 'miou' (segmentation).
   config.channel_pruning.max_retries = 3
   config.channel_pruning.on_over_budget = 'restore'  # or 'halve_lambda'.
   config.channel_pruning.min_channels = 2

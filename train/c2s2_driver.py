@@ -2,7 +2,8 @@
 
 Units of `layers_per_step` channel groups are processed input to output: phase 1 trains
 the unit's pruning scales with the L1 proximal step, binarisation fixes the mask, phase 2
-fine-tunes, the cost check compares held-out top-1 with the pre-trained reference and
+fine-tunes, the cost check compares the held-out `cost_metric` (top-1, or mIoU for
+segmentation) with the pre-trained reference and
 restores channels (or halves lambda and redoes phase 1), and surgery removes the pruned
 channels. Everything lives in `workdir/selection/`: orbax checkpoints whose JSON record
 holds the driver's position (unit, phase, retry, lambdas, widths, decisions), so a killed
@@ -27,7 +28,7 @@ from absl import logging
 
 from c2s2 import graph as graph_lib
 from c2s2 import selection, surgery
-from train import checkpoints, data, experiment, metrics, models, optim, steps
+from train import checkpoints, data, experiment, metrics, models, optim, steps, tasks
 from train import workdir as workdir_lib
 from train.models import stats
 
@@ -67,6 +68,7 @@ class Setup:
   original_widths: dict[str, int]
   units: list[list[str]]
   lambdas: dict[str, float]  # Per group: lambda_l1 times its cost weight.
+  task: tasks.Task = tasks.CLASSIFICATION
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
@@ -173,6 +175,9 @@ def validate(config: ml_collections.ConfigDict, train_size: int) -> None:
   for key in ('phase1_epochs', 'phase2_epochs', 'scale_learning_rate', 'lambda_l1'):
     if cp[key] <= 0:
       raise ValueError(f'config.channel_pruning.{key} must be > 0, got {cp[key]}.')
+  if cp.cost_metric not in tasks.COST_METRICS:
+    raise ValueError(f'config.channel_pruning.cost_metric={cp.cost_metric!r}; choose one '
+                     f'of {tasks.COST_METRICS}.')
   if cp.max_retries < 0 or cp.epsilon < 0:
     raise ValueError('config.channel_pruning.max_retries and epsilon must be >= 0.')
   if config.data.held_out <= 0:
@@ -203,6 +208,9 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   experiment.validate(config)
   dataset = data.load_dataset(config.data)
   validate(config, len(dataset.train))
+  if cp.cost_metric == 'miou' and dataset.ignore_label is None:
+    raise ValueError("config.channel_pruning.cost_metric='miou' needs segmentation data "
+                     f"(data.source seg_*), not data.source={config.data.source!r}.")
   widths = models.default_widths(config.model.name, dataset.num_classes,
                                  config.model.shortcut)
   widths.update(models.load_widths(config.model.widths))
@@ -240,7 +248,8 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
                    'phase2': max(1, round(cp.phase2_epochs * per_epoch))},
       original_widths=widths,
       units=[names[i:i + step] for i in range(0, len(names), step)],
-      lambdas={n: cp.lambda_l1 * w for n, w in weights.items()})
+      lambdas={n: cp.lambda_l1 * w for n, w in weights.items()},
+      task=tasks.Task(dataset.num_classes, dataset.ignore_label))
 
 
 def make_train_step(setup: Setup, model: Any, graph, phase: str, lambdas: dict[str, float]):
@@ -258,7 +267,7 @@ def make_train_step(setup: Setup, model: Any, graph, phase: str, lambdas: dict[s
     logits, updates = model.apply(
         {'params': forward, 'batch_stats': state.batch_stats}, images, train=True,
         mutable=['batch_stats'])
-    loss = steps.cross_entropy(logits, batch['label']).mean()
+    loss = setup.task.loss(logits, batch['label'])
     return loss, (logits, updates['batch_stats'])
 
   def step(state: SelectionState, batch):
@@ -290,7 +299,7 @@ def make_train_step(setup: Setup, model: Any, graph, phase: str, lambdas: dict[s
         nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
     nonzero = sum(jnp.sum(s != 0) for s in new_state.scales.values())
     return new_state, {
-        'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+        'loss': loss, 'accuracy': setup.task.accuracy(logits, batch['label']),
         'learning_rate': jnp.asarray(cp.weight_learning_rate),
         'kept_fraction': nonzero / sum(s.size for s in new_state.scales.values())}
 
@@ -308,10 +317,7 @@ def make_eval_step(setup: Setup, model: Any, graph, binary: bool):
                                   state.masks if binary else None)
     logits = model.apply({'params': forward, 'batch_stats': state.batch_stats},
                          images, train=False)
-    correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
-    loss = steps.cross_entropy(logits, batch['label'])
-    return {'loss_sum': jnp.sum(loss * batch['mask']),
-            'correct': jnp.sum(correct * batch['mask']), 'count': jnp.sum(batch['mask'])}
+    return setup.task.eval_sums(logits, batch['label'], batch['mask'])
 
   rep, dat = steps.replicated(setup.mesh), steps.data_sharded(setup.mesh)
   return jax.jit(step, in_shardings=(rep, dat), out_shardings=rep)
@@ -405,8 +411,8 @@ class Driver:
     state = jax.device_put(initial_state(variables, self.setup.tx),
                            steps.replicated(self.setup.mesh))
     reference = self._evaluate(model, graph, state, binary=False)
-    logging.info('C2S2: pre-trained held-out top-1 %.4f, loss %.4f (reference).',
-                 reference['top1'], reference['loss'])
+    logging.info('C2S2: pre-trained held-out %s %.4f, loss %.4f (reference).',
+                 self.cp.cost_metric, reference[self.cp.cost_metric], reference['loss'])
     pos = {'unit': 0, 'phase': 'start', 'phase_start': 0, 'retry': 0,
            'lambdas': self.setup.lambdas, 'widths': self.setup.original_widths,
            'reference': reference, 'decisions': [], 'finished': False}
@@ -426,7 +432,8 @@ class Driver:
   def _evaluate(self, model, graph, state, binary: bool) -> dict[str, float]:
     step = make_eval_step(self.setup, model, graph, binary)
     return experiment.evaluate_source(self.setup.dataset.held_out, self.config.eval_batch_size,
-                                      self.setup.mesh, state, step)
+                                      self.setup.mesh, state, step,
+                                      self.setup.dataset.class_names)
 
   # The schedule -------------------------------------------------------------------
 
@@ -543,14 +550,16 @@ class Driver:
     """The cost check after phase 2, then surgery or a retry."""
     cost = self._evaluate(model, graph, state, binary=True)
     masks = {n: np.asarray(m) > 0 for n, m in jax.device_get(state.masks).items()}
-    action = selection.decide(selection.within_budget(pos['reference'], cost, self.cp.epsilon),
-                              pos['retry'], self.cp.max_retries, self.cp.on_over_budget)
+    metric = self.cp.cost_metric
+    action = selection.decide(
+        selection.within_budget(pos['reference'], cost, self.cp.epsilon, metric),
+        pos['retry'], self.cp.max_retries, self.cp.on_over_budget)
     record = {'unit': pos['unit'], 'retry': pos['retry'], 'action': action,
               'step': int(state.step), 'reference': pos['reference'], 'cost': cost,
               'layers': {n: {'lambda': pos['lambdas'][n], 'channels': int(m.size),
                              'kept': int(m.sum())} for n, m in masks.items()}}
-    logging.info('C2S2 unit %d: held-out top-1 %.4f (reference %.4f), kept %s: %s.',
-                 pos['unit'], cost['top1'], pos['reference']['top1'],
+    logging.info('C2S2 unit %d: held-out %s %.4f (reference %.4f), kept %s: %s.',
+                 pos['unit'], metric, cost[metric], pos['reference'][metric],
                  {n: f'{m.sum()}/{m.size}' for n, m in masks.items()}, action)
     decisions = pos['decisions'] + [record]
     if action == 'restore':

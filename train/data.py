@@ -1,7 +1,8 @@
 """Image classification data: loading (folder, tfds, digits), caching and batching.
 
 Images stay uint8 in 0..255 here; the jitted step normalises them with
-`ImageDataset.mean` and `ImageDataset.std`.
+`ImageDataset.mean` and `ImageDataset.std`. Segmentation sources (labels are masks)
+live in `train.seg_data`; `train_batches` augments their images and masks together.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+SOURCES = ('folder', 'tfds', 'digits', 'seg_digits', 'seg_folder', 'seg_tfds')
 FOLDER_LAYOUT = '[ROOT/]SPLIT/CLASS/IMAGE with IMAGE a .jpg, .jpeg or .png file'
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 _ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz')
@@ -112,6 +114,12 @@ class Subset:
   def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return self.source.get_batch(self.indices[np.asarray(indices)])
 
+  def __getattr__(self, name: str) -> Any:
+    """The source's joint augmentation (`augment_pair`), if it has one."""
+    if name != 'augment_pair':
+      raise AttributeError(name)
+    return getattr(self.source, name)
+
 
 HELD_OUT_SEED = 7919  # Fixed, so every run with the same data.held_out agrees.
 
@@ -135,6 +143,8 @@ class ImageDataset:
   mean: np.ndarray
   std: np.ndarray
   held_out: Source | None = None  # Training images no run trains on (data.held_out).
+  # Segmentation (labels are (H,W) masks): the mask value that no loss or metric counts.
+  ignore_label: int | None = None
 
   @property
   def num_classes(self) -> int:
@@ -148,7 +158,10 @@ class ImageDataset:
 
 def load_dataset(data_config: ml_collections.ConfigDict) -> ImageDataset:
   """Loads the train and test splits that the `data` config section names."""
-  loaders = {'folder': _load_folder, 'tfds': _load_tfds, 'digits': _load_digits}
+  from train import seg_data  # pylint: disable=g-import-not-at-top  (imports this module)
+
+  loaders = {'folder': _load_folder, 'tfds': _load_tfds, 'digits': _load_digits,
+             **seg_data.LOADERS}
   if data_config.source not in loaders:
     raise ValueError(
       f'data.source={data_config.source!r} is not one of {sorted(loaders)}'
@@ -424,7 +437,7 @@ def _load_tfds(cfg: ml_collections.ConfigDict) -> ImageDataset:
   """A prepared tfds dataset: small ones decoded into memory, large ones per example."""
   if not cfg.name:
     raise ValueError("data.name must be set when data.source='tfds'")
-  train, test = (_open_tfds(cfg, split) for split in (cfg.train_split, cfg.test_split))
+  train, test = (open_tfds(cfg, split) for split in (cfg.train_split, cfg.test_split))
   features = train.dataset_info.features
   height, width = features['image'].shape[:2]
   small = height and width and max(height, width) <= _SMALL_TFDS_SIDE
@@ -435,7 +448,7 @@ def _load_tfds(cfg: ml_collections.ConfigDict) -> ImageDataset:
   return _with_stats(*sources, features['label'].names)
 
 
-def _open_tfds(
+def open_tfds(
   cfg: ml_collections.ConfigDict, split: str
 ) -> Sequence[Mapping[str, Any]]:
   """tfds.data_source of one split; with data.manual_dir set, prepares from it first."""
@@ -582,9 +595,12 @@ def train_batches(
   """Endless augmented training batches from global step `start_step`, prefetched.
 
   batch_size is global and each process gets its slice. A step's batch depends only on
-  (seed, step), so resuming at start_step=k reproduces an uninterrupted run.
+  (seed, step), so resuming at start_step=k reproduces an uninterrupted run. A source
+  with `augment_pair` (segmentation) is augmented by it, labels (masks) with the images;
+  crop_padding does not apply to it.
   """
   local = _process_slice(batch_size, process_index, process_count)
+  joint = getattr(source, 'augment_pair', None)
   steps_per_epoch(len(source), batch_size)
 
   def batches() -> Iterator[dict[str, np.ndarray]]:
@@ -592,10 +608,12 @@ def train_batches(
       indices = train_batch_indices(len(source), batch_size, seed, step)[local]
       offsets, flips = augmentation(seed, step, batch_size, crop_padding, flip)
       images, labels = source.get_batch(indices)
-      yield {
-        'image': augment(images, offsets[local], flips[local], crop_padding),
-        'label': np.asarray(labels, np.int32),
-      }
+      if joint:
+        seeds = np.random.default_rng([seed, step, 2]).integers(2**31, size=batch_size)
+        images, labels = joint(images, labels, seeds[local], flip)
+      else:
+        images = augment(images, offsets[local], flips[local], crop_padding)
+      yield {'image': images, 'label': np.asarray(labels, np.int32)}
 
   return _prefetch(batches())
 

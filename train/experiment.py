@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 import cci
-from train import checkpoints, data, methods, models, optim, steps
+from train import checkpoints, data, methods, models, optim, steps, tasks
 from train import workdir as workdir_lib
 from train.models import stats
 from train.state import TrainState
@@ -38,12 +38,13 @@ class Experiment:
   method: methods.Method
   steps_per_epoch: int
   total_steps: int
+  task: tasks.Task = tasks.CLASSIFICATION
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values the lock on the config cannot; raises ValueError naming the key."""
   choices = {
-      'data.source': (config.data.source, ('folder', 'tfds', 'digits')),
+      'data.source': (config.data.source, data.SOURCES),
       'model.dtype': (config.model.dtype, tuple(DTYPES)),
       'model.conv_impl': (config.model.conv_impl, models.common.CONV_IMPLS),
       'on_nonfinite': (config.on_nonfinite, ('stop', 'skip')),
@@ -100,7 +101,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   return Experiment(
       config=config, dataset=dataset, model=model, widths=widths,
       variables=variables, mesh=steps.make_mesh(), schedule=schedule, method=method,
-      steps_per_epoch=per_epoch, total_steps=total)
+      steps_per_epoch=per_epoch, total_steps=total,
+      task=tasks.Task(dataset.num_classes, dataset.ignore_label))
 
 
 def _init_variables(model: Any, image_shape: tuple[int, ...], seed: int) -> Any:
@@ -133,23 +135,22 @@ def init_state(exp: Experiment) -> TrainState:
 
 
 def evaluate(exp: Experiment, state: Any, eval_step) -> dict[str, float]:
-  """Top-1 and mean loss over the whole test split (padded last batch masked)."""
+  """`tasks.summarize` over the whole test split (padded last batch masked)."""
   return evaluate_source(exp.dataset.test, exp.config.eval_batch_size, exp.mesh, state,
-                         eval_step)
+                         eval_step, exp.dataset.class_names)
 
 
 def evaluate_source(source: data.Source, batch_size: int, mesh: jax.sharding.Mesh,
-                    state: Any, eval_step) -> dict[str, float]:
-  """Top-1 and mean loss of `eval_step` over every example of `source`."""
+                    state: Any, eval_step, class_names=()) -> dict[str, float]:
+  """Top-1 and mean loss (and mIoU, per-class IoU for segmentation; see
+  `tasks.summarize`) of `eval_step` over every example of `source`."""
   totals = None
   for batch in data.eval_batches(
       source, batch_size=batch_size, process_index=jax.process_index(),
       process_count=jax.process_count()):
     out = eval_step(state, steps.to_global(batch, mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
-  return {'top1': float(totals['correct'] / totals['count']),
-          'loss': float(totals['loss_sum'] / totals['count'])}
+  return tasks.summarize(jax.device_get(totals), class_names)
 
 
 def model_size(exp: Experiment) -> dict[str, int]:

@@ -67,9 +67,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       workdir_lib.read_record(summary_path) is None)
   writer = metrics.MetricWriter(workdir, start, redo_final) if is_chief else None
   train_step = steps.make_train_step(exp.model, exp.method, exp.schedule,
-                                     exp.dataset.mean, exp.dataset.std, exp.mesh)
+                                     exp.dataset.mean, exp.dataset.std, exp.mesh, exp.task)
   eval_step = steps.make_eval_step(exp.model, exp.method, exp.dataset.mean,
-                                   exp.dataset.std, exp.mesh)
+                                   exp.dataset.std, exp.mesh, exp.task)
   batches = data.train_batches(
       exp.dataset.train, batch_size=config.batch_size, seed=config.seed,
       start_step=start, crop_padding=config.data.crop_padding,
@@ -177,7 +177,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   """Evaluates the latest checkpoint of `workdir`; writes `eval.json`."""
   exp, state, step = restore_latest(config, workdir)
   eval_step = steps.make_eval_step(exp.model, exp.method, exp.dataset.mean,
-                                   exp.dataset.std, exp.mesh)
+                                   exp.dataset.std, exp.mesh, exp.task)
   result = {**experiment.evaluate(exp, state, eval_step), 'step': step}
   if jax.process_index() == 0:
     workdir_lib.write_json(os.path.join(workdir, EVAL_FILE), result)

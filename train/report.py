@@ -36,7 +36,7 @@ def layer_reports(model: Any, variables: Any, input_shape: tuple[int, ...],
   """Accelerator-model rows of every conv and dense layer, in call order."""
   rows = []
   for layer in stats.layer_stats(model, variables, (1, *input_shape)):
-    positions = int(np.prod(layer.output_shape[1:-1]))
+    positions = layer.macs // int(np.prod(layer.kernel_shape))  # Input ones if transposed.
     rows.append(efficiency.layer_efficiency(
         layer.path, masks[layer.path], positions, group_size,
         layer.path + '/kernel' in grouped, pes))

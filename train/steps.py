@@ -16,6 +16,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from train.methods import Method
 from train.state import TrainState
+from train.tasks import CLASSIFICATION, Task
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -52,13 +53,10 @@ def normalize(images: jax.Array, mean: np.ndarray, std: np.ndarray,
   return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
 def make_train_step(model: nn.Module, method: Method, schedule: optax.Schedule,
-                    mean: np.ndarray, std: np.ndarray,
-                    mesh: Mesh) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+                    mean: np.ndarray, std: np.ndarray, mesh: Mesh,
+                    task: Task = CLASSIFICATION
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds the jitted step: forward, backward, update, non-finite guard."""
   tx = method.tx
 
@@ -68,7 +66,7 @@ def make_train_step(model: nn.Module, method: Method, schedule: optax.Schedule,
     logits, updates = model.apply(
         {'params': forward, 'batch_stats': state.batch_stats}, images,
         train=True, mutable=['batch_stats'])
-    loss = cross_entropy(logits, batch['label']).mean()
+    loss = task.loss(logits, batch['label'])
     return loss, (logits, updates['batch_stats'])
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -92,7 +90,7 @@ def make_train_step(model: nn.Module, method: Method, schedule: optax.Schedule,
     )
     metrics = {
         'loss': loss,
-        'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+        'accuracy': task.accuracy(logits, batch['label']),
         'grad_norm': grad_norm,
         'learning_rate': schedule(state.step),
     }
@@ -104,7 +102,8 @@ def make_train_step(model: nn.Module, method: Method, schedule: optax.Schedule,
 
 
 def make_eval_step(model: nn.Module, method: Method, mean: np.ndarray,
-                   std: np.ndarray, mesh: Mesh) -> Callable[[TrainState, Batch], Metrics]:
+                   std: np.ndarray, mesh: Mesh,
+                   task: Task = CLASSIFICATION) -> Callable[[TrainState, Batch], Metrics]:
   """Builds the jitted eval step; returns sums so padded batches count exactly."""
 
   def step(state: TrainState, batch: Batch) -> Metrics:
@@ -112,13 +111,7 @@ def make_eval_step(model: nn.Module, method: Method, mean: np.ndarray,
     params = method.forward_params(state.params, state.opt_state)
     logits = model.apply({'params': params, 'batch_stats': state.batch_stats},
                          images, train=False)
-    mask = batch['mask']
-    correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
-    return {
-        'loss_sum': jnp.sum(cross_entropy(logits, batch['label']) * mask),
-        'correct': jnp.sum(correct * mask),
-        'count': jnp.sum(mask),
-    }
+    return task.eval_sums(logits, batch['label'], batch['mask'])
 
   rep, data = replicated(mesh), data_sharded(mesh)
   return jax.jit(step, in_shardings=(rep, data), out_shardings=rep)

@@ -104,3 +104,10 @@ def test_round_up_property(mask, multiple):
   assert np.all(out[mask])
   assert out.sum() % multiple == 0 or out.all()
   assert out.sum() - mask.sum() < multiple
+
+
+def test_within_budget_on_miou_ignores_top1():
+  reference, current = {'top1': 0.9, 'miou': 0.6}, {'top1': 0.9, 'miou': 0.55}
+  assert selection.within_budget(reference, current, 0.005)  # top-1 unchanged.
+  assert not selection.within_budget(reference, current, 0.02, 'miou')
+  assert selection.within_budget(reference, current, 0.05, 'miou')

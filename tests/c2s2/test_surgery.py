@@ -66,6 +66,10 @@ def _compact(name, shortcut, variables, graph, masks, scales):
     ('vgg16', 'A', 32, False, 8),  # Slim: 8 channels per conv.
     ('resnet8', 'A', 16, False, None),  # Shortcut A: every reported row's architecture.
     ('resnet8', 'B', 16, True, None),  # prune_residual_stream: joined groups too.
+    # Segmentation: transposed convs and concatenated skips; dilated convs, parallel
+    # branches concatenated, bilinear resizes and residual streams.
+    ('unet', 'A', 16, False, None),
+    ('deeplab', 'A', 16, True, None),
     # Bottleneck blocks (tests/foreign's BottleneckNet covers them by default).
     pytest.param('resnet50', 'A', 32, False, 8, marks=pytest.mark.slow),
 ])

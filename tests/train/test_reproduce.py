@@ -39,7 +39,7 @@ def get_table(preset):
 @pytest.mark.parametrize('name, preset', [
     ('cifar10_cci', 'cpu'), ('cifar10_cci', 'paper'), ('cifar10_c2s2', 'cpu'),
     ('cifar10_c2s2', 'paper'), ('imagenet_cci', 'paper'), ('imagenet_c2s2', 'paper'),
-    ('quickstart', 'cpu')])
+    ('quickstart', 'cpu'), ('segmentation_digits', 'cpu'), ('segmentation_digits', 'paper')])
 def test_every_row_of_the_shipped_tables_has_a_valid_config(name, preset):
   table = reproduce.load_table(name, preset)
   for row in table.rows:

@@ -1,6 +1,7 @@
 """Models by name, their per-conv widths, and widths files.
 
-Names: 'vgg16'; 'resnet18', 'resnet34', 'resnet50', 'resnet101' and
+Names: 'vgg16'; 'unet' and 'deeplab' (segmentation: per-pixel logits, see
+``segmentation.py``); 'resnet18', 'resnet34', 'resnet50', 'resnet101' and
 'resnet152' are ImageNet ResNets; every other 'resnet{6n+2}' (resnet8, 14, 20,
 32, 44, 56, 110, ...) is a CIFAR ResNet. 50 and 152 are also of the form 6n+2
 but name the ImageNet models (resnet50 is ImageNet, resnet56 CIFAR); build
@@ -24,11 +25,13 @@ from jax.typing import DTypeLike
 from train.models.common import check_width
 from train.models.resnet_cifar import SHORTCUTS, CifarResNet, is_cifar_depth
 from train.models.resnet_imagenet import STAGES, ImageNetResNet
+from train.models.segmentation import DeepLab, UNet
 from train.models.vgg import CifarVGG
 
+SEGMENTATION_MODELS = {'unet': UNet, 'deeplab': DeepLab}
 KNOWN_NAMES = ('vgg16', *(f'resnet{d}' for d in sorted(STAGES)),
                'resnet{6n+2} for CIFAR (resnet8, resnet14, resnet20, resnet32, '
-               'resnet44, resnet56, resnet110, ...)')
+               'resnet44, resnet56, resnet110, ...)', *SEGMENTATION_MODELS)
 
 
 def build_model(name: str, num_classes: int,
@@ -62,6 +65,8 @@ def build_model(name: str, num_classes: int,
   depth = int(match.group(1)) if match else None
   if name == 'vgg16':
     model = CifarVGG(num_classes, widths=frozen, dtype=dtype, conv_impl=conv_impl)
+  elif name in SEGMENTATION_MODELS:
+    model = SEGMENTATION_MODELS[name](num_classes, widths=frozen, dtype=dtype)
   elif depth in STAGES:
     model = ImageNetResNet(depth, num_classes, widths=frozen, dtype=dtype)
   elif depth is not None and is_cifar_depth(depth):
@@ -125,6 +130,7 @@ def save_widths(path: str, widths: Mapping[str, int]) -> None:
 
 
 __all__ = [
-    'CifarResNet', 'CifarVGG', 'ImageNetResNet', 'build_model',
+    'CifarResNet', 'CifarVGG', 'DeepLab', 'ImageNetResNet', 'SEGMENTATION_MODELS',
+    'UNet', 'build_model',
     'default_widths', 'load_widths', 'save_widths', 'stream_groups',
 ]

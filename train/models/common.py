@@ -20,16 +20,16 @@ KAIMING_NORMAL = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 def conv(features: int, kernel: int, stride: int, name: str,
-         dtype: DTypeLike, impl: str = 'xla') -> nn.Conv:
-  """A bias-free square conv padded by kernel // 2 on each side (as torch).
+         dtype: DTypeLike, impl: str = 'xla', dilation: int = 1) -> nn.Conv:
+  """A bias-free square conv padded by dilation * (kernel // 2) on each side (as torch).
 
-  `impl` other than 'xla' gives a `PatchesConv` (same parameters).
+  `impl` other than 'xla' gives a `PatchesConv` (same parameters; no dilation).
   """
-  pad = kernel // 2
+  pad = dilation * (kernel // 2)
   return (nn.Conv if impl == 'xla' else functools.partial(PatchesConv, impl=impl))(
       features, (kernel, kernel), strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)), use_bias=False,
-      kernel_init=KAIMING_NORMAL, dtype=dtype, name=name)
+      padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
+      use_bias=False, kernel_init=KAIMING_NORMAL, dtype=dtype, name=name)
 
 
 CONV_IMPLS = ('auto', 'xla', 'patches')
@@ -121,12 +121,14 @@ class BasicBlock(nn.Module):
   shortcut: str
   dtype: DTypeLike = jnp.float32
   zero_init_residual: bool = False
+  dilation: int = 1  # Of both convs (dilated stages of segmentation backbones).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = conv(self.widths[0], 3, self.stride, 'conv1', self.dtype)(x)
+    y = conv(self.widths[0], 3, self.stride, 'conv1', self.dtype,
+             dilation=self.dilation)(x)
     y = nn.relu(batch_norm(train, 'bn1', self.dtype)(y))
-    y = conv(self.widths[1], 3, 1, 'conv2', self.dtype)(y)
+    y = conv(self.widths[1], 3, 1, 'conv2', self.dtype, dilation=self.dilation)(y)
     y = batch_norm(train, 'bn2', self.dtype, self.zero_init_residual)(y)
     residual = shortcut_branch(x, self.widths[1], self.stride, self.shortcut,
                                train, self.dtype)

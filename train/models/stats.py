@@ -1,6 +1,6 @@
 """Per-layer shapes, parameters and MACs of any linen model, without FLOPs.
 
-Every ``nn.Conv`` and ``nn.Dense`` call is intercepted while the model is
+Every ``nn.Conv``, ``nn.ConvTranspose`` and ``nn.Dense`` call is intercepted while the model is
 traced under ``jax.eval_shape``. A layer's path is its module path joined by
 '/', the same string as its kernel's parameter path minus '/kernel'.
 """
@@ -21,7 +21,7 @@ import numpy as np
 class LayerStat:
   """One conv or dense call; shapes include the batch axis, MACs do not."""
   path: str
-  kind: str  # 'conv' or 'dense'
+  kind: str  # 'conv', 'conv_transpose' or 'dense'
   kernel_shape: tuple[int, ...]
   input_shape: tuple[int, ...]
   output_shape: tuple[int, ...]
@@ -36,11 +36,15 @@ def _layer_stat(module: nn.Module, input_shape: tuple[int, ...],
   params = module.variables['params']
   kernel_shape = tuple(params['kernel'].shape)
   is_conv = isinstance(module, nn.Conv)
+  transposed = isinstance(module, nn.ConvTranspose)
   # Each output position costs one MAC per kernel weight (kh*kw*c_in/groups
   # per output channel); the positions are the axes between batch and features.
-  macs = math.prod(kernel_shape) * math.prod(output_shape[1:-1])
+  # A transposed conv spreads each input position over the whole kernel instead.
+  positions = (input_shape if transposed else output_shape)[1:-1]
+  macs = math.prod(kernel_shape) * math.prod(positions)
+  kind = 'conv' if is_conv else 'conv_transpose' if transposed else 'dense'
   return LayerStat(
-      path='/'.join(module.path), kind='conv' if is_conv else 'dense',
+      path='/'.join(module.path), kind=kind,
       kernel_shape=kernel_shape, input_shape=tuple(input_shape),
       output_shape=tuple(output_shape),
       feature_group_count=module.feature_group_count if is_conv else 1,
@@ -51,7 +55,7 @@ def layer_stats(model: nn.Module, variables: Any,
                 input_shape: tuple[int, ...],
                 call_kwargs: Mapping[str, Any] | None = None
                 ) -> list[LayerStat]:
-  """Statistics of every conv and dense call of ``model``, in call order.
+  """Statistics of every conv, transposed conv and dense call of ``model``, in order.
 
   Args:
     model: Any linen module.
@@ -69,7 +73,7 @@ def layer_stats(model: nn.Module, variables: Any,
   def record(next_fun, args, call_kw, context):
     out = next_fun(*args, **call_kw)
     if (context.method_name == '__call__'
-        and isinstance(context.module, (nn.Conv, nn.Dense))):
+        and isinstance(context.module, (nn.Conv, nn.ConvTranspose, nn.Dense))):
       stats.append(_layer_stat(context.module, args[0].shape, out.shape))
     return out
 
