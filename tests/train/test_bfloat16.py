@@ -17,7 +17,7 @@ import pytest
 from tests.c2s2.test_surgery import _compact, _masked_logits, _random_pruning, _setup
 from tests.train.test_c2s2_driver import c2s2_config, decisions
 from tests.train.test_channel_baselines import baseline_config
-from train import loop
+from train import c2s2_driver, checkpoints, data, experiment, loop, steps
 
 
 @pytest.mark.parametrize('shortcut, streams', [('A', False), ('B', True)])
@@ -46,6 +46,38 @@ def assert_float32_state(config, workdir):
   assert dtypes == {np.dtype('float32')}
 
 
+def phase1_scales(dense_workdir, dtype):
+  """The first unit's scales and the loss after five C2S2 phase-1 steps."""
+  config = c2s2_config(dense_workdir)
+  config.model.dtype = dtype
+  setup = c2s2_driver.make_setup(config)
+  model = c2s2_driver.build_model(config, setup.dataset.num_classes, setup.original_widths)
+  graph = c2s2_driver.trace_graph(model, setup.dataset.image_shape)
+  variables = checkpoints.load_variables(
+      dense_workdir, experiment.abstract_variables(model, setup.dataset.image_shape))
+  state = steps.replicate(c2s2_driver.initial_state(variables, setup.tx), setup.mesh)
+  state = c2s2_driver.with_unit(state, graph, setup.units[0])
+  step = c2s2_driver.make_train_step(setup, model, graph, 'phase1', setup.lambdas)
+  batches = data.train_batches(setup.dataset.train, batch_size=config.batch_size,
+                               seed=0, start_step=0, crop_padding=1, flip=True)
+  for _ in range(5):
+    state, values = step(state, steps.to_global(next(batches), setup.mesh))
+  batches.close()
+  return state.scales[setup.units[0][0]], float(values['loss'])
+
+
+def test_c2s2_selection_steps_in_bfloat16_follow_float32(tiny_dense_workdir):
+  exact, exact_loss = phase1_scales(tiny_dense_workdir, 'float32')
+  scales, loss = phase1_scales(tiny_dense_workdir, 'bfloat16')
+  assert scales.dtype == jnp.float32
+  moved = float(jnp.abs(exact - 1).max())
+  assert moved > 0.1
+  difference = float(jnp.abs(scales - exact).max())
+  assert 0 < difference <= 0.02 * moved  # bfloat16 ran, and its scales follow.
+  assert loss == pytest.approx(exact_loss, rel=2**-6)
+
+
+@pytest.mark.slow
 def test_c2s2_selects_prunes_and_fine_tunes_in_bfloat16(tiny_dense_workdir, tmp_path):
   config = c2s2_config(tiny_dense_workdir)
   config.model.dtype = 'bfloat16'
@@ -60,7 +92,7 @@ def test_c2s2_selects_prunes_and_fine_tunes_in_bfloat16(tiny_dense_workdir, tmp_
 
 @pytest.mark.parametrize('method, settings', [
     ('l1_filter', {'prune_fraction': 0.5}),
-    ('slimming', {'target_macs_ratio': 0.8}),
+    pytest.param('slimming', {'target_macs_ratio': 0.8}, marks=pytest.mark.slow),
 ])
 def test_channel_baselines_in_bfloat16(tiny_dense_workdir, tmp_path, method, settings):
   config = baseline_config(tiny_dense_workdir, method, **settings)
