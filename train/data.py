@@ -29,6 +29,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from train import imagenet_data
+
 FOLDER_LAYOUT = '[ROOT/]SPLIT/CLASS/IMAGE with IMAGE a .jpg, .jpeg or .png file'
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 _ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz')
@@ -42,7 +44,7 @@ _SMALL_TFDS_EXAMPLES = (
   100_000  # tfds splits up to this size and side are held in memory
 )
 _SMALL_TFDS_SIDE = 64
-_RESIZE_RATIO = 1.14  # TfdsSource resizes the shorter side to 1.14 * image_size
+_RESIZE_RATIO = 1.14  # data.eval_resize=0: the shorter side to 1.14 * image_size
 _STATS_SAMPLE = 1000  # examples that estimate mean/std of a source not held in memory
 _T = TypeVar('_T')
 
@@ -74,29 +76,6 @@ class ArraySource:
   def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels at `indices`."""
     return self.images[indices], self.labels[indices]
-
-
-class TfdsSource:
-  """A tfds split decoded per example on access (for large data such as ImageNet).
-
-  Resizes the shorter side to 1.14 * image_size and center-crops image_size x image_size.
-  ImageNet random-resized-crop augmentation is not implemented yet.
-  """
-
-  def __init__(self, examples: Sequence[Mapping[str, Any]], image_size: int):
-    self._examples = examples
-    self._image_size = image_size
-
-  def __len__(self) -> int:
-    return len(self._examples)
-
-  def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded, resized and center-cropped images and their labels at `indices`."""
-    examples = [self._examples[int(i)] for i in indices]
-    images = [
-      _resize_center_crop(_to_rgb(ex['image']), self._image_size) for ex in examples
-    ]
-    return np.stack(images), np.array([ex['label'] for ex in examples], np.int32)
 
 
 class Subset:
@@ -201,15 +180,6 @@ def _resize(image: Image.Image, size: int) -> np.ndarray:
   return np.asarray(image, np.uint8)
 
 
-def _resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
-  """Resizes the shorter side to `_RESIZE_RATIO * size`, then crops the center square."""
-  scale = size * _RESIZE_RATIO / min(image.size)
-  width, height = (max(size, round(side * scale)) for side in image.size)
-  left, top = (width - size) // 2, (height - size) // 2
-  image = image.resize((width, height), Image.Resampling.BILINEAR)
-  return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
-
-
 def _decode_image(data: bytes, name: str, image_size: int) -> np.ndarray:
   """Decodes JPEG/PNG bytes to uint8 RGB (image_size, image_size, 3).
 
@@ -246,7 +216,8 @@ def resolve_path(path: str) -> Path:
 
 
 def _load_folder(cfg: ml_collections.ConfigDict) -> ImageDataset:
-  """An image folder or tar archive, decoded once and then read from an .npz cache."""
+  """An image folder or tar archive, decoded once and then read from an .npz cache
+  (with data.per_example, a folder's JPEGs decoded per use instead)."""
   if not cfg.path:
     raise ValueError("data.path must be set when data.source='folder'")
   path = resolve_path(cfg.path)
@@ -260,6 +231,8 @@ def _load_folder(cfg: ml_collections.ConfigDict) -> ImageDataset:
       f'{"/".join(_ARCHIVE_SUFFIXES)} archive'
     )
   splits = (cfg.train_split, cfg.test_split)
+  if cfg.per_example:
+    return _encoded_folder(cfg, path)
   key = _folder_key(path, splits, cfg.image_size)
   cache_file = _cache_dir(cfg.cache_dir) / f'{path.name}-{key}.npz'
   arrays = _read_cache(cache_file)
@@ -275,6 +248,29 @@ def _load_folder(cfg: ml_collections.ConfigDict) -> ImageDataset:
     arrays['mean'],
     arrays['std'],
   )
+
+
+def _encoded(cfg: ml_collections.ConfigDict, images: Any) -> imagenet_data.EncodedSource:
+  """Per-example decoding of `images` with the `data` section's sizes and workers."""
+  return imagenet_data.EncodedSource(
+      images, cfg.image_size, cfg.eval_resize or round(_RESIZE_RATIO * cfg.image_size),
+      cfg.workers, cfg.flip)
+
+
+def _encoded_folder(cfg: ml_collections.ConfigDict, path: Path) -> ImageDataset:
+  """A folder of SPLIT/CLASS/IMAGE files of any size (ImageNet's train/val layout)."""
+  if not path.is_dir():
+    raise ValueError(f'data.path={cfg.path!r}: data.per_example needs a directory '
+                     f'(extract the archive), got {path}')
+  train_dir = path / cfg.train_split
+  class_names = sorted(d.name for d in train_dir.iterdir() if d.is_dir()) if (
+      train_dir.is_dir()) else []
+  if not class_names:
+    raise ValueError(f'{train_dir} (data.train_split) has no class folders; expected '
+                     f'{FOLDER_LAYOUT}')
+  train, test = (_encoded(cfg, imagenet_data.FolderImages(path, split, class_names))
+                 for split in (cfg.train_split, cfg.test_split))
+  return _with_stats(train, test, class_names)
 
 
 def _read_cache(cache_file: Path) -> dict[str, np.ndarray] | None:
@@ -431,14 +427,17 @@ def _load_tfds(cfg: ml_collections.ConfigDict) -> ImageDataset:
   if small and len(train) <= _SMALL_TFDS_EXAMPLES:
     sources = [_tfds_arrays(split, cfg.image_size) for split in (train, test)]
   else:
-    sources = [TfdsSource(split, cfg.image_size) for split in (train, test)]
+    sources = [_encoded(cfg, imagenet_data.TfdsImages(
+        _open_tfds(cfg, split, decode_images=False), f'{cfg.name} {split}'))
+               for split in (cfg.train_split, cfg.test_split)]
   return _with_stats(*sources, features['label'].names)
 
 
 def _open_tfds(
-  cfg: ml_collections.ConfigDict, split: str
+  cfg: ml_collections.ConfigDict, split: str, decode_images: bool = True
 ) -> Sequence[Mapping[str, Any]]:
-  """tfds.data_source of one split; with data.manual_dir set, prepares from it first."""
+  """tfds.data_source of one split (images as JPEG bytes unless `decode_images`); with
+  data.manual_dir set, prepares from it first."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
 
   prepare = None
@@ -446,6 +445,7 @@ def _open_tfds(
     prepare = {
       'download_config': tfds.download.DownloadConfig(manual_dir=cfg.manual_dir)
     }
+  decoders = None if decode_images else {'image': tfds.decode.SkipDecoding()}
   try:
     return tfds.data_source(
       cfg.name,
@@ -453,18 +453,36 @@ def _open_tfds(
       data_dir=cfg.data_dir or None,
       download=bool(cfg.manual_dir),
       download_and_prepare_kwargs=prepare,
+      decoders=decoders,
     )
   except tfds.core.DatasetNotFoundError as error:
     raise ValueError(f'data.name={cfg.name!r} is not a tfds dataset') from error
-  except (AssertionError, ImportError, OSError, RuntimeError) as error:
-    data_dir = f' --data_dir={cfg.data_dir}' if cfg.data_dir else ''
-    raise FileNotFoundError(
-      f'tfds dataset data.name={cfg.name!r} (split {split!r}) is not prepared in '
-      f'array_record format in data.data_dir={cfg.data_dir or "(tfds default)"}: {error}. '
-      f'Preparing it needs `pip install tensorflow-cpu` and `tfds build {cfg.name} '
-      f'--file_format=array_record{data_dir}`, which downloads it (internet access once; '
-      'imagenet2012 needs its archives in --manual_dir).'
-    ) from error
+  except (AssertionError, ImportError, OSError, RuntimeError, KeyError) as error:
+    raise FileNotFoundError(_not_prepared(cfg, split, error)) from error
+
+
+def _not_prepared(cfg: ml_collections.ConfigDict, split: str, error: Exception) -> str:
+  """What is missing, where tfds looked, and the commands that prepare it."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+
+  try:
+    looked = tfds.builder(cfg.name, data_dir=cfg.data_dir or None).data_dir
+  except Exception:  # pylint: disable=broad-except  (only informs the message)
+    looked = os.path.join(cfg.data_dir or tfds.core.constants.DATA_DIR, cfg.name)
+  data_dir = f' --data_dir={cfg.data_dir}' if cfg.data_dir else ''
+  manual = cfg.manual_dir or '/path/to/archives'
+  return (
+    f'tfds dataset data.name={cfg.name!r} (split {split!r}) is not prepared in '
+    f'array_record format: tfds looked in {looked} '
+    f'(data.data_dir={cfg.data_dir or "(tfds default)"!s}, '
+    f'data.manual_dir={cfg.manual_dir or "(unset)"!s}); tfds said: '
+    f'{type(error).__name__}: {error}. Prepare it once with `pip install tensorflow-cpu` '
+    f'and `tfds build {cfg.name} --file_format=array_record{data_dir} '
+    f'--manual_dir={manual}` (imagenet2012: ILSVRC2012_img_train.tar and '
+    'ILSVRC2012_img_val.tar in the manual dir; other datasets download), or train '
+    'from a JPEG tree with --config.data.source=folder --config.data.path=DIR '
+    '--config.data.per_example=True (DIR/train/CLASS/*.JPEG, DIR/validation/CLASS/*.JPEG).'
+  )
 
 
 def _tfds_arrays(examples: Sequence[Mapping[str, Any]], image_size: int) -> ArraySource:
@@ -586,6 +604,9 @@ def train_batches(
   """
   local = _process_slice(batch_size, process_index, process_count)
   steps_per_epoch(len(source), batch_size)
+  if isinstance(source, imagenet_data.EncodedSource):  # Inception crop, in workers.
+    return source.train_batches(batch_size=batch_size, seed=seed,
+                                start_step=start_step, local=local)
 
   def batches() -> Iterator[dict[str, np.ndarray]]:
     for step in itertools.count(start_step):
