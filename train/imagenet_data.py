@@ -14,7 +14,7 @@ import dataclasses
 import io
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ class EncodedSource:
     return np.stack(images), np.array([label for _, label, _ in records], np.int32)
 
   def train_batches(self, *, batch_size: int, seed: int, start_step: int,
-                    local: slice) -> Iterator[dict[str, np.ndarray]]:
+                    local: slice) -> grain.DatasetIterator:
     """Endless batches (this process's slice `local` of each global batch)."""
     per_step = local.stop - local.start
     example = _TrainExample(self, batch_size, seed, local.start, per_step)
@@ -164,7 +164,7 @@ class EncodedSource:
         flags.FLAGS.mark_as_parsed()  # them; a notebook or a test does not).
       stream = stream.mp_prefetch(grain.MultiprocessingOptions(
           num_workers=self.workers, per_worker_buffer_size=2))
-    return _closing(iter(stream))
+    return iter(stream)  # close() stops its workers.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,11 +189,3 @@ class _TrainExample:
     image = train_image(payload, name, self.source.image_size, self.seed, step, position,
                         self.source.flip)
     return {'image': image, 'label': np.int32(label)}
-
-
-def _closing(iterator: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
-  """A generator over `iterator` (whose workers stop once it is dropped) with close()."""
-  try:
-    yield from iterator
-  finally:
-    del iterator
