@@ -95,13 +95,18 @@ class Subset:
 HELD_OUT_SEED = 7919  # Fixed, so every run with the same data.held_out agrees.
 
 
-def split_off(source: Source, count: int) -> tuple[Subset, Subset]:
-  """(rest, held_out): `count` examples drawn by a fixed seed, and the others; sorted."""
+def split_off(source: Source, count: int) -> tuple[Source, Source]:
+  """(rest, held_out): `count` examples drawn by a fixed seed, and the others; sorted.
+
+  Parts of an encoded source stay encoded sources (decoded and augmented in workers).
+  """
   if not 0 < count < len(source):
     raise ValueError(f'data.held_out={count}: cannot hold out {count} of the '
                      f'{len(source)} training examples')
   permutation = np.random.default_rng(HELD_OUT_SEED).permutation(len(source))
-  return Subset(source, np.sort(permutation[count:])), Subset(source, np.sort(permutation[:count]))
+  part = source.subset if isinstance(source, imagenet_data.EncodedSource) else (
+      functools.partial(Subset, source))
+  return part(np.sort(permutation[count:])), part(np.sort(permutation[:count]))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -152,6 +152,10 @@ class EncodedSource:
               for data, _, name in records]
     return np.stack(images), np.array([label for _, label, _ in records], np.int32)
 
+  def subset(self, indices: np.ndarray) -> EncodedSource:
+    """The examples at `indices`, in that order."""
+    return dataclasses.replace(self, images=_Selected(self.images, np.asarray(indices)))
+
   def train_batches(self, *, batch_size: int, seed: int, start_step: int,
                     local: slice) -> grain.DatasetIterator:
     """Endless batches (this process's slice `local` of each global batch)."""
@@ -165,6 +169,20 @@ class EncodedSource:
       stream = stream.mp_prefetch(grain.MultiprocessingOptions(
           num_workers=self.workers, per_worker_buffer_size=2))
     return iter(stream)  # close() stops its workers.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Selected:
+  """The records of `images` at `indices`."""
+
+  images: Any
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> tuple[bytes, int, str]:
+    return self.images[int(self.indices[index])]
 
 
 @dataclasses.dataclass(frozen=True)

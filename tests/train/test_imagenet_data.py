@@ -121,3 +121,18 @@ def test_crop_box_hand_computed_fallback_for_a_thin_image():
   # 1000 x 10: every drawn crop (>= 800 px at aspect <= 4/3) is taller than 10 rows,
   # so the center crop of aspect 4/3 is taken: 13 x 10 at column (1000 - 13) // 2.
   assert imagenet_data.crop_box(np.random.default_rng(0), 1000, 10) == (493, 0, 13, 10)
+
+
+def test_held_out_images_stay_encoded_and_are_never_trained_on(tree):
+  config = folder_config(tree, 0)
+  config.held_out = 4
+  dataset = data.load_dataset(config)
+  assert isinstance(dataset.train, imagenet_data.EncodedSource)
+  assert isinstance(dataset.held_out, imagenet_data.EncodedSource)
+  assert (len(dataset.train), len(dataset.held_out)) == (12, 4)
+  held = {dataset.held_out.images[i][2] for i in range(4)}
+  trained = {dataset.train.images[i][2] for i in range(12)}
+  assert not held & trained and len(held | trained) == 16
+  batch = next(data.train_batches(dataset.train, batch_size=4, seed=0, start_step=0,
+                                  crop_padding=0, flip=True))
+  assert batch['image'].shape == (4, 16, 16, 3)
