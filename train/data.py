@@ -626,6 +626,24 @@ def train_batches(
   return _prefetch(batches())
 
 
+@dataclasses.dataclass(frozen=True)
+class _EvalBatch:
+  """This process's part of eval batch `batch` (picklable: worker processes call it)."""
+
+  source: Source
+  batch_size: int
+  local: slice
+
+  def __call__(self, batch: int) -> dict[str, np.ndarray]:
+    indices, mask = eval_batch_indices(len(self.source), self.batch_size, batch)
+    images, labels = self.source.get_batch(indices[self.local])
+    return {
+      'image': images,
+      'label': np.asarray(labels, np.int32),
+      'mask': mask[self.local],
+    }
+
+
 def eval_batches(
   source: Source, *, batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -633,18 +651,10 @@ def eval_batches(
   local = _process_slice(batch_size, process_index, process_count)
   if not len(source):
     raise ValueError('eval_batches needs a non-empty split')
-
-  def batches() -> Iterator[dict[str, np.ndarray]]:
-    for batch in range(-(-len(source) // batch_size)):
-      indices, mask = eval_batch_indices(len(source), batch_size, batch)
-      images, labels = source.get_batch(indices[local])
-      yield {
-        'image': images,
-        'label': np.asarray(labels, np.int32),
-        'mask': mask[local],
-      }
-
-  return _prefetch(batches())
+  make, count = _EvalBatch(source, batch_size, local), -(-len(source) // batch_size)
+  if isinstance(source, imagenet_data.EncodedSource):  # Decoded in its workers.
+    return source.in_workers(make, count)
+  return _prefetch(map(make, range(count)))
 
 
 def _prefetch(items: Iterator[_T], size: int = 2) -> Iterator[_T]:

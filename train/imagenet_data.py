@@ -14,7 +14,7 @@ import dataclasses
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,13 +162,21 @@ class EncodedSource:
     per_step = local.stop - local.start
     example = _TrainExample(self, batch_size, seed, local.start, per_step)
     dataset = grain.MapDataset.range(start_step * per_step, _ENDLESS).map(example)
-    stream = dataset.batch(per_step).to_iter_dataset()
+    return self._iterate(dataset.batch(per_step))
+
+  def in_workers(self, make: Callable[[int], Any], count: int) -> grain.DatasetIterator:
+    """make(0), ..., make(count - 1) in order, computed in the workers."""
+    return self._iterate(grain.MapDataset.range(count).map(make))
+
+  def _iterate(self, dataset: grain.MapDataset) -> grain.DatasetIterator:
+    """Iterates `dataset` in `workers` processes (close() stops them)."""
+    stream = dataset.to_iter_dataset()
     if self.workers:
       if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (main.py parses
         flags.FLAGS.mark_as_parsed()  # them; a notebook or a test does not).
       stream = stream.mp_prefetch(grain.MultiprocessingOptions(
           num_workers=self.workers, per_worker_buffer_size=2))
-    return iter(stream)  # close() stops its workers.
+    return iter(stream)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -136,3 +136,15 @@ def test_held_out_images_stay_encoded_and_are_never_trained_on(tree):
   batch = next(data.train_batches(dataset.train, batch_size=4, seed=0, start_step=0,
                                   crop_padding=0, flip=True))
   assert batch['image'].shape == (4, 16, 16, 3)
+
+
+def test_eval_batches_in_workers_equal_in_process(tree):
+  def batches(workers):
+    dataset = data.load_dataset(folder_config(tree, workers))
+    return list(data.eval_batches(dataset.test, batch_size=3))
+
+  in_process, in_workers = batches(0), batches(2)
+  assert len(in_process) == 2 and in_process[1]['mask'].tolist() == [1, 0, 0]
+  for a, b in zip(in_process, in_workers, strict=True):
+    for key in ('image', 'label', 'mask'):
+      np.testing.assert_array_equal(a[key], b[key])
