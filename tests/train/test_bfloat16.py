@@ -20,7 +20,8 @@ from tests.train.test_channel_baselines import baseline_config
 from train import c2s2_driver, checkpoints, data, experiment, loop, steps
 
 
-@pytest.mark.parametrize('shortcut, streams', [('A', False), ('B', True)])
+@pytest.mark.parametrize('shortcut, streams', [
+    ('A', False), pytest.param('B', True, marks=pytest.mark.slow)])
 def test_masked_and_compact_models_agree_to_bfloat16_accuracy(shortcut, streams):
   model, variables, x, graph = _setup('resnet8', shortcut, 16)
   names = [g.name for g in graph.prunable() if streams or not g.joined]
