@@ -463,7 +463,8 @@ def _open_tfds(
   except tfds.core.DatasetNotFoundError as error:
     raise ValueError(f'data.name={cfg.name!r} is not a tfds dataset') from error
   except (AssertionError, ImportError, OSError, RuntimeError, KeyError) as error:
-    raise FileNotFoundError(_not_prepared(cfg, split, error)) from error
+    # The message quotes tfds's error; its traceback would only bury the message.
+    raise FileNotFoundError(_not_prepared(cfg, split, error)) from None
 
 
 def _not_prepared(cfg: ml_collections.ConfigDict, split: str, error: Exception) -> str:
