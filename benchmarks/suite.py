@@ -11,9 +11,9 @@ from train import provenance
 # Name -> module under benchmarks/ with `measure(smoke: bool) -> list[entry]`, in the
 # order they run. Full sizes: an estimated 6-8 minutes in all on 2 CPU cores; each
 # run records its wall time per benchmark (`wall_seconds`).
-NAMES = ('train_step', 'mask_compute', 'input_pipeline', 'compact_forward',
-         'packed_forward', 'flax_reference', 'vgg_conv', 'pytorch_reference',
-         'onnx_runtime')
+NAMES = ('train_step', 'mask_compute', 'input_pipeline', 'imagenet_pipeline',
+         'compact_forward', 'packed_forward', 'flax_reference', 'vgg_conv',
+         'pytorch_reference', 'onnx_runtime')
 
 
 def select(only: list[str] | None) -> list[str]:

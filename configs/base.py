@@ -51,6 +51,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.mask_key = 'segmentation_mask'
   config.data.num_classes = 0  # ...and the number of classes (required).
   config.data.canvas_size = 0  # 'seg_tfds' with images of varying size: canvas side.
+  # Encoded images decoded per use (large tfds datasets always; a 'folder' directory
+  # with per_example=True): Inception random-resized crop for training (not
+  # crop_padding), eval resizes the shorter side to eval_resize (0: 1.14 * image_size)
+  # and center-crops; `workers` grain processes decode (0: in this process).
+  config.data.per_example = False
+  config.data.eval_resize = 0
+  config.data.workers = 2
   # Training images carved out by a fixed seed and never trained on (0: none). C2S2's
   # cost check evaluates them; pre-train the dense start with the same value, or its
   # reference is measured on images it memorised.

@@ -21,6 +21,7 @@ def get_config():
   config.data.test_split = 'validation'
   config.data.image_size = 224
   config.data.crop_padding = 0
+  config.data.eval_resize = 256
   config.batch_size = 256
   config.eval_batch_size = 256
   config.num_epochs = 90.0

@@ -408,8 +408,7 @@ class Driver:
     variables = checkpoints.load_variables(
         self.config.init_from,
         experiment.abstract_variables(model, self.setup.dataset.image_shape))
-    state = jax.device_put(initial_state(variables, self.setup.tx),
-                           steps.replicated(self.setup.mesh))
+    state = steps.replicate(initial_state(variables, self.setup.tx), self.setup.mesh)
     reference = self._evaluate(model, graph, state, binary=False)
     logging.info('C2S2: pre-trained held-out %s %.4f, loss %.4f (reference).',
                  self.cp.cost_metric, reference[self.cp.cost_metric], reference['loss'])
@@ -472,8 +471,7 @@ class Driver:
       if self.unit_start.latest_step() != int(state.step):
         self.unit_start.save(int(state.step), state, pos)
         self.unit_start.wait()
-      state = jax.device_put(with_unit(state, graph, units[pos['unit']]),
-                             steps.replicated(self.setup.mesh))
+      state = steps.replicate(with_unit(state, graph, units[pos['unit']]), self.setup.mesh)
       pos = {**pos, 'phase': 'phase1', 'phase_start': int(state.step), 'retry': 0}
       self._save(pos, state)
       return pos, state
@@ -497,10 +495,10 @@ class Driver:
     """Fixes the binary masks; kept channels whose scale is 0 (restored) get scale 1."""
     scales = {n: jnp.where(jnp.asarray(masks[n]) & (state.scales[n] == 0), 1.0,
                            state.scales[n] * masks[n]) for n in masks}
-    return jax.device_put(
+    return steps.replicate(
         state.replace(scales=scales,
                       masks={n: jnp.asarray(m, jnp.float32) for n, m in masks.items()}),
-        steps.replicated(self.setup.mesh))
+        self.setup.mesh)
 
   def _train_phase(self, pos, state, model, graph):
     phase, start = pos['phase'], pos['phase_start']
@@ -571,19 +569,18 @@ class Driver:
       pos = {**pos, 'phase_start': int(state.step), 'retry': pos['retry'] + 1,
              'decisions': decisions}
     elif action == 'halve_lambda':
-      state = jax.device_put(
+      state = steps.replicate(
           with_unit(self._unit_start_state(pos, state), graph, list(state.scales)),
-          steps.replicated(self.setup.mesh))
+          self.setup.mesh)
       lambdas = {**pos['lambdas'], **{n: pos['lambdas'][n] / 2 for n in masks}}
       pos = {**pos, 'phase': 'phase1', 'phase_start': int(state.step),
              'retry': pos['retry'] + 1, 'lambdas': lambdas, 'decisions': decisions}
     else:
       if action == 'give_up':  # The unit as it started: every channel, its weights.
-        state = jax.device_put(self._unit_start_state(pos, state),
-                               steps.replicated(self.setup.mesh))
+        state = steps.replicate(self._unit_start_state(pos, state), self.setup.mesh)
       else:
-        state = jax.device_put(operate(jax.device_get(state), graph, masks),
-                               steps.replicated(self.setup.mesh))
+        state = steps.replicate(operate(jax.device_get(state), graph, masks),
+                                self.setup.mesh)
       widths = widths_of(state.params, pos['widths'])
       record['macs_ratio'] = self._macs_ratio(widths)
       # Saved by the next unit's start, at this same step.

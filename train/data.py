@@ -30,7 +30,10 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from train import imagenet_data
+
 SOURCES = ('folder', 'tfds', 'digits', 'seg_digits', 'seg_folder', 'seg_tfds')
+
 FOLDER_LAYOUT = '[ROOT/]SPLIT/CLASS/IMAGE with IMAGE a .jpg, .jpeg or .png file'
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 _ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz')
@@ -44,7 +47,7 @@ _SMALL_TFDS_EXAMPLES = (
   100_000  # tfds splits up to this size and side are held in memory
 )
 _SMALL_TFDS_SIDE = 64
-_RESIZE_RATIO = 1.14  # TfdsSource resizes the shorter side to 1.14 * image_size
+_RESIZE_RATIO = 1.14  # data.eval_resize=0: the shorter side to 1.14 * image_size
 _STATS_SAMPLE = 1000  # examples that estimate mean/std of a source not held in memory
 _T = TypeVar('_T')
 
@@ -78,29 +81,6 @@ class ArraySource:
     return self.images[indices], self.labels[indices]
 
 
-class TfdsSource:
-  """A tfds split decoded per example on access (for large data such as ImageNet).
-
-  Resizes the shorter side to 1.14 * image_size and center-crops image_size x image_size.
-  ImageNet random-resized-crop augmentation is not implemented yet.
-  """
-
-  def __init__(self, examples: Sequence[Mapping[str, Any]], image_size: int):
-    self._examples = examples
-    self._image_size = image_size
-
-  def __len__(self) -> int:
-    return len(self._examples)
-
-  def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded, resized and center-cropped images and their labels at `indices`."""
-    examples = [self._examples[int(i)] for i in indices]
-    images = [
-      _resize_center_crop(_to_rgb(ex['image']), self._image_size) for ex in examples
-    ]
-    return np.stack(images), np.array([ex['label'] for ex in examples], np.int32)
-
-
 class Subset:
   """The examples of another source at `indices` (e.g. a held-out part of a split)."""
 
@@ -124,13 +104,18 @@ class Subset:
 HELD_OUT_SEED = 7919  # Fixed, so every run with the same data.held_out agrees.
 
 
-def split_off(source: Source, count: int) -> tuple[Subset, Subset]:
-  """(rest, held_out): `count` examples drawn by a fixed seed, and the others; sorted."""
+def split_off(source: Source, count: int) -> tuple[Source, Source]:
+  """(rest, held_out): `count` examples drawn by a fixed seed, and the others; sorted.
+
+  Parts of an encoded source stay encoded sources (decoded and augmented in workers).
+  """
   if not 0 < count < len(source):
     raise ValueError(f'data.held_out={count}: cannot hold out {count} of the '
                      f'{len(source)} training examples')
   permutation = np.random.default_rng(HELD_OUT_SEED).permutation(len(source))
-  return Subset(source, np.sort(permutation[count:])), Subset(source, np.sort(permutation[:count]))
+  part = source.subset if isinstance(source, imagenet_data.EncodedSource) else (
+      functools.partial(Subset, source))
+  return part(np.sort(permutation[count:])), part(np.sort(permutation[:count]))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -214,15 +199,6 @@ def _resize(image: Image.Image, size: int) -> np.ndarray:
   return np.asarray(image, np.uint8)
 
 
-def _resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
-  """Resizes the shorter side to `_RESIZE_RATIO * size`, then crops the center square."""
-  scale = size * _RESIZE_RATIO / min(image.size)
-  width, height = (max(size, round(side * scale)) for side in image.size)
-  left, top = (width - size) // 2, (height - size) // 2
-  image = image.resize((width, height), Image.Resampling.BILINEAR)
-  return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
-
-
 def _decode_image(data: bytes, name: str, image_size: int) -> np.ndarray:
   """Decodes JPEG/PNG bytes to uint8 RGB (image_size, image_size, 3).
 
@@ -259,7 +235,8 @@ def resolve_path(path: str) -> Path:
 
 
 def _load_folder(cfg: ml_collections.ConfigDict) -> ImageDataset:
-  """An image folder or tar archive, decoded once and then read from an .npz cache."""
+  """An image folder or tar archive, decoded once and then read from an .npz cache
+  (with data.per_example, a folder's JPEGs decoded per use instead)."""
   if not cfg.path:
     raise ValueError("data.path must be set when data.source='folder'")
   path = resolve_path(cfg.path)
@@ -273,6 +250,8 @@ def _load_folder(cfg: ml_collections.ConfigDict) -> ImageDataset:
       f'{"/".join(_ARCHIVE_SUFFIXES)} archive'
     )
   splits = (cfg.train_split, cfg.test_split)
+  if cfg.per_example:
+    return _encoded_folder(cfg, path)
   key = _folder_key(path, splits, cfg.image_size)
   cache_file = _cache_dir(cfg.cache_dir) / f'{path.name}-{key}.npz'
   arrays = _read_cache(cache_file)
@@ -288,6 +267,29 @@ def _load_folder(cfg: ml_collections.ConfigDict) -> ImageDataset:
     arrays['mean'],
     arrays['std'],
   )
+
+
+def _encoded(cfg: ml_collections.ConfigDict, images: Any) -> imagenet_data.EncodedSource:
+  """Per-example decoding of `images` with the `data` section's sizes and workers."""
+  return imagenet_data.EncodedSource(
+      images, cfg.image_size, cfg.eval_resize or round(_RESIZE_RATIO * cfg.image_size),
+      cfg.workers, cfg.flip)
+
+
+def _encoded_folder(cfg: ml_collections.ConfigDict, path: Path) -> ImageDataset:
+  """A folder of SPLIT/CLASS/IMAGE files of any size (ImageNet's train/val layout)."""
+  if not path.is_dir():
+    raise ValueError(f'data.path={cfg.path!r}: data.per_example needs a directory '
+                     f'(extract the archive), got {path}')
+  train_dir = path / cfg.train_split
+  class_names = sorted(d.name for d in train_dir.iterdir() if d.is_dir()) if (
+      train_dir.is_dir()) else []
+  if not class_names:
+    raise ValueError(f'{train_dir} (data.train_split) has no class folders; expected '
+                     f'{FOLDER_LAYOUT}')
+  train, test = (_encoded(cfg, imagenet_data.FolderImages(path, split, class_names))
+                 for split in (cfg.train_split, cfg.test_split))
+  return _with_stats(train, test, class_names)
 
 
 def _read_cache(cache_file: Path) -> dict[str, np.ndarray] | None:
@@ -444,14 +446,17 @@ def _load_tfds(cfg: ml_collections.ConfigDict) -> ImageDataset:
   if small and len(train) <= _SMALL_TFDS_EXAMPLES:
     sources = [_tfds_arrays(split, cfg.image_size) for split in (train, test)]
   else:
-    sources = [TfdsSource(split, cfg.image_size) for split in (train, test)]
+    sources = [_encoded(cfg, imagenet_data.TfdsImages(
+        open_tfds(cfg, split, decode_images=False), f'{cfg.name} {split}'))
+               for split in (cfg.train_split, cfg.test_split)]
   return _with_stats(*sources, features['label'].names)
 
 
 def open_tfds(
-  cfg: ml_collections.ConfigDict, split: str
+  cfg: ml_collections.ConfigDict, split: str, decode_images: bool = True
 ) -> Sequence[Mapping[str, Any]]:
-  """tfds.data_source of one split; with data.manual_dir set, prepares from it first."""
+  """tfds.data_source of one split (images as JPEG bytes unless `decode_images`); with
+  data.manual_dir set, prepares from it first."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
 
   prepare = None
@@ -459,6 +464,7 @@ def open_tfds(
     prepare = {
       'download_config': tfds.download.DownloadConfig(manual_dir=cfg.manual_dir)
     }
+  decoders = None if decode_images else {'image': tfds.decode.SkipDecoding()}
   try:
     return tfds.data_source(
       cfg.name,
@@ -466,18 +472,37 @@ def open_tfds(
       data_dir=cfg.data_dir or None,
       download=bool(cfg.manual_dir),
       download_and_prepare_kwargs=prepare,
+      decoders=decoders,
     )
   except tfds.core.DatasetNotFoundError as error:
     raise ValueError(f'data.name={cfg.name!r} is not a tfds dataset') from error
-  except (AssertionError, ImportError, OSError, RuntimeError) as error:
-    data_dir = f' --data_dir={cfg.data_dir}' if cfg.data_dir else ''
-    raise FileNotFoundError(
-      f'tfds dataset data.name={cfg.name!r} (split {split!r}) is not prepared in '
-      f'array_record format in data.data_dir={cfg.data_dir or "(tfds default)"}: {error}. '
-      f'Preparing it needs `pip install tensorflow-cpu` and `tfds build {cfg.name} '
-      f'--file_format=array_record{data_dir}`, which downloads it (internet access once; '
-      'imagenet2012 needs its archives in --manual_dir).'
-    ) from error
+  except (AssertionError, ImportError, OSError, RuntimeError, KeyError) as error:
+    # The message quotes tfds's error; its traceback would only bury the message.
+    raise FileNotFoundError(_not_prepared(cfg, split, error)) from None
+
+
+def _not_prepared(cfg: ml_collections.ConfigDict, split: str, error: Exception) -> str:
+  """What is missing, where tfds looked, and the commands that prepare it."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+
+  try:
+    looked = tfds.builder(cfg.name, data_dir=cfg.data_dir or None).data_dir
+  except Exception:  # pylint: disable=broad-except  (only informs the message)
+    looked = os.path.join(cfg.data_dir or tfds.core.constants.DATA_DIR, cfg.name)
+  data_dir = f' --data_dir={cfg.data_dir}' if cfg.data_dir else ''
+  manual = cfg.manual_dir or '/path/to/archives'
+  return (
+    f'tfds dataset data.name={cfg.name!r} (split {split!r}) is not prepared in '
+    f'array_record format: tfds looked in {looked} '
+    f'(data.data_dir={cfg.data_dir or "(tfds default)"!s}, '
+    f'data.manual_dir={cfg.manual_dir or "(unset)"!s}); tfds said: '
+    f'{type(error).__name__}: {error}. Prepare it once with `pip install tensorflow-cpu` '
+    f'and `tfds build {cfg.name} --file_format=array_record{data_dir} '
+    f'--manual_dir={manual}` (imagenet2012: ILSVRC2012_img_train.tar and '
+    'ILSVRC2012_img_val.tar in the manual dir; other datasets download), or train '
+    'from a JPEG tree with --config.data.source=folder --config.data.path=DIR '
+    '--config.data.per_example=True (DIR/train/CLASS/*.JPEG, DIR/validation/CLASS/*.JPEG).'
+  )
 
 
 def _tfds_arrays(examples: Sequence[Mapping[str, Any]], image_size: int) -> ArraySource:
@@ -602,6 +627,9 @@ def train_batches(
   local = _process_slice(batch_size, process_index, process_count)
   joint = getattr(source, 'augment_pair', None)
   steps_per_epoch(len(source), batch_size)
+  if isinstance(source, imagenet_data.EncodedSource):  # Inception crop, in workers.
+    return source.train_batches(batch_size=batch_size, seed=seed,
+                                start_step=start_step, local=local)
 
   def batches() -> Iterator[dict[str, np.ndarray]]:
     for step in itertools.count(start_step):
@@ -618,6 +646,24 @@ def train_batches(
   return _prefetch(batches())
 
 
+@dataclasses.dataclass(frozen=True)
+class _EvalBatch:
+  """This process's part of eval batch `batch` (picklable: worker processes call it)."""
+
+  source: Source
+  batch_size: int
+  local: slice
+
+  def __call__(self, batch: int) -> dict[str, np.ndarray]:
+    indices, mask = eval_batch_indices(len(self.source), self.batch_size, batch)
+    images, labels = self.source.get_batch(indices[self.local])
+    return {
+      'image': images,
+      'label': np.asarray(labels, np.int32),
+      'mask': mask[self.local],
+    }
+
+
 def eval_batches(
   source: Source, *, batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -625,18 +671,10 @@ def eval_batches(
   local = _process_slice(batch_size, process_index, process_count)
   if not len(source):
     raise ValueError('eval_batches needs a non-empty split')
-
-  def batches() -> Iterator[dict[str, np.ndarray]]:
-    for batch in range(-(-len(source) // batch_size)):
-      indices, mask = eval_batch_indices(len(source), batch_size, batch)
-      images, labels = source.get_batch(indices[local])
-      yield {
-        'image': images,
-        'label': np.asarray(labels, np.int32),
-        'mask': mask[local],
-      }
-
-  return _prefetch(batches())
+  make, count = _EvalBatch(source, batch_size, local), -(-len(source) // batch_size)
+  if isinstance(source, imagenet_data.EncodedSource):  # Decoded in its workers.
+    return source.in_workers(make, count)
+  return _prefetch(map(make, range(count)))
 
 
 def _prefetch(items: Iterator[_T], size: int = 2) -> Iterator[_T]:

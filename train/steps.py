@@ -40,6 +40,22 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec('data'))
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """`tree` replicated on every device of every process (its values the same in each).
+
+  Unlike `jax.device_put`, takes leaves that live on one local device (e.g. fresh
+  `jnp.ones`) in a multi-process job: each process supplies the whole value.
+  """
+  sharding = replicated(mesh)
+
+  def put(leaf: Any) -> jax.Array:
+    if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+      return leaf
+    return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+  return jax.tree.map(put, tree)
+
+
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> Batch:
   """Assembles each process's slice of the batch into globally sharded arrays."""
   sharding = data_sharded(mesh)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import strategies as st
 from PIL import Image
 
-from train import data
+from train import data, imagenet_data
 
 COLOURS = {'cat': (255, 0, 0), 'dog': (0, 255, 0), 'emu': (0, 0, 255)}
 CIFAR10 = data.shared_dir() / 'data' / 'cifar10-jpeg.tar.gz'
@@ -37,6 +37,9 @@ def _config(**overrides: object) -> ml_collections.ConfigDict:
     crop_padding=0,
     flip=False,
     held_out=0,
+    per_example=False,
+    eval_resize=0,
+    workers=0,
   )
   return ml_collections.ConfigDict({**config, **overrides})
 
@@ -290,18 +293,47 @@ def test_tfds_small_dataset_is_held_in_memory(manual_dir: str) -> None:
   assert dataset.train.labels.dtype == np.int32
 
 
+class _FakeTfdsSplit(list):
+  """Examples of a prepared tfds split, with the `dataset_info` a data source has."""
+
+  dataset_info = None
+
+
+def _fake_imagenet_split(builder, split, decoders=None, **kwargs):
+  """ImageNet-like examples of a few sizes: JPEG bytes when decoding is skipped (as
+  `tfds.decode.SkipDecoding` gives them), else arrays. (tfds's own mock encodes its
+  random JPEGs with TensorFlow, which this project does not install.)"""
+  del kwargs
+  rng = np.random.default_rng(len(split))
+  examples = _FakeTfdsSplit()
+  examples.dataset_info = builder.info
+  for i in range(5):
+    pixels = rng.integers(0, 256, (30 + 7 * i, 50 - 3 * i, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format='JPEG')
+    image = buffer.getvalue() if decoders else pixels
+    examples.append({'image': image, 'label': 100 * i, 'file_name': f'n{i}.JPEG'})
+  return examples
+
+
 def test_tfds_large_dataset_decodes_per_example() -> None:
   tfds = pytest.importorskip('tensorflow_datasets')
-  with tfds.testing.mock_data(num_examples=5):
+  with tfds.testing.mock_data(as_data_source_fn=_fake_imagenet_split):
     dataset = data.load_dataset(
       _config(
         source='tfds', name='imagenet2012', image_size=24, test_split='validation'
       )
     )
-    assert isinstance(dataset.train, data.TfdsSource) and dataset.num_classes == 1000
-    images, labels = dataset.test.get_batch(np.array([4, 0, 2]))
+  assert isinstance(dataset.train, imagenet_data.EncodedSource)
+  assert dataset.num_classes == 1000
+  images, labels = dataset.test.get_batch(np.array([4, 0, 2]))
+  train = next(data.train_batches(dataset.train, batch_size=4, seed=0, start_step=0,
+                                  crop_padding=0, flip=True))
   assert images.shape == (3, 24, 24, 3) and images.dtype == np.uint8
-  assert labels.dtype == np.int32 and ((labels >= 0) & (labels < 1000)).all()
+  assert labels.tolist() == [400, 0, 200]
+  assert train['image'].shape == (4, 24, 24, 3)
+  assert train['label'].tolist() == [
+      100 * i for i in data.train_batch_indices(5, 4, seed=0, step=0)]
 
 
 def test_tfds_not_prepared_says_how_to_prepare(tmp_path: Path) -> None:
@@ -313,6 +345,21 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path: Path) -> None:
     'tensorflow-cpu.*tfds build cifar10',
   ):
     data.load_dataset(config)
+
+
+def test_imagenet_not_prepared_names_the_keys_where_tfds_looked_and_commands(
+    tmp_path: Path) -> None:
+  pytest.importorskip('tensorflow_datasets')
+  config = _config(source='tfds', name='imagenet2012', data_dir=str(tmp_path),
+                   test_split='validation')
+  with pytest.raises(FileNotFoundError) as raised:
+    data.load_dataset(config)
+  message = str(raised.value)
+  for part in ("data.name='imagenet2012'", f'tfds looked in {tmp_path}/imagenet2012',
+               f'data.data_dir={tmp_path}', 'data.manual_dir=(unset)',
+               'tfds build imagenet2012 --file_format=array_record',
+               'ILSVRC2012_img_train.tar', 'data.source=folder'):
+    assert part in message, part
 
 
 # ----------------------------------------------------------------------------- batches

@@ -1,0 +1,121 @@
+"""ImageNet training-pipeline throughput: grain workers against the one-thread decoder.
+
+  python -m benchmarks --only=imagenet_pipeline
+
+Generates a folder of ImageNet-like JPEGs once (2,000 images of about 500x375, quality
+90, in $CCI_C2S2_CACHE/imagenet_like_2000), then measures training batches of 224x224
+images per second, in steady state (after the workers' start and a warm-up): the
+per-example pipeline of train/imagenet_data.py (Inception crop, draft decode) with 1 and
+with 2 worker processes, and the pipeline this project had before it (every JPEG decoded
+whole by PIL in one thread behind the prefetch thread, resize + center crop). Targets:
+2 workers at least 3x the old pipeline (ratio <= 1/3) and at least 1.7x one worker
+(ratio <= 1/1.7).
+"""
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from benchmarks import common
+from configs import base
+from train import data
+
+# (images, (width, height), image_size, batch, warm-up batches, timed batches)
+FULL = (2000, (500, 375), 224, 64, 3, 20)
+SMOKE = (16, (64, 48), 32, 4, 1, 2)
+_CLASSES = 10
+
+
+def jpeg_folder(count: int, size: tuple[int, int]) -> Path:
+  """The cached folder train/CLASS/i.jpg (+ validation/), made once, whole or absent."""
+  cache = Path(os.environ.get('CCI_C2S2_CACHE') or '~/.cache/cci_c2s2').expanduser()
+  root = cache / f'imagenet_like_{count}_{size[0]}x{size[1]}'
+  if root.exists():
+    return root
+  cache.mkdir(parents=True, exist_ok=True)
+  building = Path(tempfile.mkdtemp(dir=cache, prefix=f'.{root.name}.'))
+  rng = np.random.default_rng(0)
+  for i in range(count):
+    split = 'validation' if i % 10 == 9 else 'train'
+    folder = building / split / f'class{i // 2 % _CLASSES}'
+    folder.mkdir(parents=True, exist_ok=True)
+    width, height = (int(s * rng.uniform(0.8, 1.2)) for s in size)
+    # Smooth content (JPEG-typical), not noise: a colour gradient plus a little noise.
+    ramp = np.linspace(0, 255, width)[None, :, None] * rng.uniform(0.2, 1, 3)
+    pixels = ramp + rng.normal(0, 12, (height, width, 3))
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+        folder / f'{i}.jpg', quality=90)
+  try:
+    building.rename(root)
+  except OSError:  # Made meanwhile by another run.
+    shutil.rmtree(building)
+  return root
+
+
+class WholeDecode:
+  """The former per-example source: full decode, shorter side to 1.14 x size, center."""
+
+  def __init__(self, files: list[Path], image_size: int):
+    self.files, self.image_size = files, image_size
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    images = []
+    for i in indices:
+      with Image.open(self.files[int(i)]) as image:
+        image = image.convert('RGB')
+        scale = self.image_size * 1.14 / min(image.size)
+        width, height = (max(self.image_size, round(s * scale)) for s in image.size)
+        left, top = (width - self.image_size) // 2, (height - self.image_size) // 2
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        images.append(np.asarray(image.crop(
+            (left, top, left + self.image_size, top + self.image_size)), np.uint8))
+    return np.stack(images), np.zeros(len(indices), np.int32)
+
+
+def seconds_per_batch(batches: Iterator, warmup: int, timed: int) -> float:
+  for _ in range(warmup):
+    next(batches)
+  start = time.perf_counter()
+  for _ in range(timed):
+    next(batches)
+  seconds = (time.perf_counter() - start) / timed
+  batches.close()
+  return seconds
+
+
+def measure(smoke: bool) -> list[common.Entry]:
+  """Entries: 1 and 2 workers against the old pipeline, and 2 workers against 1."""
+  count, size, image_size, batch, warmup, timed = SMOKE if smoke else FULL
+  root = jpeg_folder(count, size)
+  config = base.get_base_config().data
+  config.update(source='folder', path=str(root), per_example=True, image_size=image_size,
+                eval_resize=round(image_size * 256 / 224), test_split='validation')
+  common_args = dict(batch_size=batch, seed=0, start_step=0, crop_padding=0, flip=True)
+  seconds = {}
+  for workers in (1, 2):
+    config.workers = workers
+    train = data.load_dataset(config).train
+    seconds[workers] = seconds_per_batch(data.train_batches(train, **common_args),
+                                         warmup, timed)
+  old = WholeDecode(train.images.files, image_size)
+  seconds[0] = seconds_per_batch(data.train_batches(old, **common_args), warmup, timed)
+  rates = {f'images_per_s_{k}': batch / s for k, s in
+           (('old', seconds[0]), ('1_worker', seconds[1]), ('2_workers', seconds[2]))}
+  old_name = f'imagenet_pipeline/old_one_thread/b{batch}'
+  return [
+      common.entry(f'imagenet_pipeline/1_worker/b{batch}', seconds[1], old_name,
+                   seconds[0], None, **rates),
+      common.entry(f'imagenet_pipeline/2_workers/b{batch}', seconds[2], old_name,
+                   seconds[0], 1 / 3, **rates),
+      common.entry(f'imagenet_pipeline/2_vs_1_workers/b{batch}', seconds[2],
+                   f'imagenet_pipeline/1_worker/b{batch}', seconds[1], 1 / 1.7, **rates),
+  ]
