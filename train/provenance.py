@@ -9,7 +9,7 @@ from typing import Any
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The files whose changes can change a result (a row is stale if they changed).
-CODE_PATHS = ('cci', 'c2s2', 'train', 'configs', 'requirements.txt')
+CODE_PATHS = ('cci', 'c2s2', 'train', 'configs', 'main.py', 'requirements.txt')
 
 
 def _git(*args: str) -> subprocess.CompletedProcess:
@@ -18,10 +18,11 @@ def _git(*args: str) -> subprocess.CompletedProcess:
 
 
 def revision() -> str:
-  """The git revision of this checkout, suffixed `-dirty` with uncommitted changes."""
+  """The git revision of this checkout, suffixed `-dirty` with uncommitted changes to
+  the code that produces results (`CODE_PATHS`; not docs or tests)."""
   try:
     head = _git('rev-parse', 'HEAD')
-    status = _git('status', '--porcelain', '--untracked-files=no')
+    status = _git('status', '--porcelain', '--untracked-files=no', '--', *CODE_PATHS)
   except (OSError, subprocess.SubprocessError):
     return 'unknown'
   if head.returncode or status.returncode:
