@@ -16,6 +16,7 @@ import pytest
 from hypothesis import strategies as st
 from PIL import Image
 
+from configs import base
 from train import data
 
 SETTINGS = hypothesis.settings(deadline=None, max_examples=int(os.environ.get('FUZZ_EXAMPLES', '150')),
@@ -101,9 +102,12 @@ def damage(draw: st.DrawFn):
 
 
 def loader_config(path: Path, cache: Path) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      'source': 'folder', 'path': str(path), 'cache_dir': str(cache), 'image_size': 8,
-      'train_split': 'train', 'test_split': 'test', 'held_out': 0})
+  """The base config's data section (every key the loaders read) for `path`."""
+  config = base.get_base_config().data
+  config.update({'source': 'folder', 'path': str(path), 'cache_dir': str(cache),
+                 'image_size': 8, 'train_split': 'train', 'test_split': 'test',
+                 'held_out': 0})
+  return config
 
 
 def files_under(root: Path, skip: Path) -> set[Path]:
