@@ -353,17 +353,6 @@ def operate(state: SelectionState, graph, masks: dict[str, np.ndarray]) -> Selec
       scales={}, importance={}, masks={})
 
 
-def widths_of(params: Any, widths: dict[str, int]) -> dict[str, int]:
-  """Each conv's output channels, read from its kernel."""
-  out = {}
-  for path in widths:
-    leaf = params
-    for key in path.split('/'):
-      leaf = leaf[key]
-    out[path] = int(leaf['kernel'].shape[-1])
-  return out
-
-
 class Interrupted(Exception):
   """Selection reached `stop_at_step` (a simulated interruption, for tests)."""
 
@@ -581,7 +570,7 @@ class Driver:
       else:
         state = steps.replicate(operate(jax.device_get(state), graph, masks),
                                 self.setup.mesh)
-      widths = widths_of(state.params, pos['widths'])
+      widths = models.kernel_widths(state.params, pos['widths'])
       record['macs_ratio'] = self._macs_ratio(widths)
       # Saved by the next unit's start, at this same step.
       return {**pos, 'unit': pos['unit'] + 1, 'phase': 'start', 'retry': 0,

@@ -26,12 +26,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from train import errors, integrity
+from train import errors, integrity, models
 from train import workdir as workdir_lib
 
 KILL_DURING_SAVE_ENV = 'CCI_C2S2_KILL_DURING_SAVE'
 KILL_MOMENTS = ('create', 'commit')
-DAMAGED_DIR = 'damaged'
 CHECKSUMS_KEY = '_checksums'  # In the JSON record: array path -> CRC-32.
 
 
@@ -183,7 +182,7 @@ class Checkpointer:
 
   def _move_aside(self, step: int, error: integrity.DamagedCheckpointError) -> str:
     """Moves the damaged checkpoint at `step` to `damaged/`; returns where it went."""
-    target = os.path.join(self.directory, DAMAGED_DIR, str(step))
+    target = os.path.join(self.directory, workdir_lib.DAMAGED_DIR, str(step))
     suffix = 0
     while os.path.exists(target + (f'.{suffix}' if suffix else '')):
       suffix += 1
@@ -329,15 +328,7 @@ def saved_widths(directory: str, widths: dict[str, int]) -> dict[str, int] | Non
         params = manager.item_metadata(step).state.tree['params']
       except Exception:  # pylint: disable=broad-except
         continue  # Damaged: restore_latest moves it aside.
-      found = {}
-      for path in widths:
-        leaf = params
-        for key in path.split('/'):
-          leaf = leaf.get(key, {})
-        if 'kernel' not in leaf:
-          return None  # Another model's checkpoint.
-        found[path] = int(leaf['kernel'].shape[-1])
-      return found
+      return models.kernel_widths(params, widths)  # None: another model's.
   finally:
     manager.close()
   return None

@@ -12,7 +12,6 @@ import pytest
 from c2s2 import layer, surgery
 from c2s2.graph import trace_channel_graph
 from train import models
-from train.c2s2_driver import widths_of
 
 
 def _setup(name, shortcut='A', size=16, seed=0, width=None):
@@ -57,7 +56,7 @@ def _compact(name, shortcut, variables, graph, masks, scales):
     params = surgery.fold_scale(params, graph.group(n), scales[n] * mask)
   folded = {**variables, 'params': params}
   sliced = surgery.slice_variables(folded, surgery.plan(graph, masks, folded))
-  widths = widths_of(sliced['params'], models.default_widths(name, 10, shortcut))
+  widths = models.kernel_widths(sliced['params'], models.default_widths(name, 10, shortcut))
   return models.build_model(name, 10, widths=widths, shortcut=shortcut,
                              conv_impl='xla'), sliced
 

@@ -15,7 +15,8 @@ overrides its defaults.
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -92,6 +93,21 @@ def stream_groups(name: str, shortcut: str = 'A') -> list[list[str]]:
   """Lists of conv paths whose outputs are summed in one residual stream and
   so must share a width (none for VGG)."""
   return build_model(name, 1, shortcut=shortcut).stream_groups()
+
+
+def kernel_widths(params: Mapping[str, Any],
+                  paths: Iterable[str]) -> dict[str, int] | None:
+  """Each conv path's output channels, read from its kernel's last axis (arrays or
+  checkpoint metadata alike); None if a path holds no kernel (another model's)."""
+  widths = {}
+  for path in paths:
+    leaf = params
+    for key in path.split('/'):
+      leaf = leaf.get(key, {})
+    if 'kernel' not in leaf:
+      return None
+    widths[path] = int(leaf['kernel'].shape[-1])
+  return widths
 
 
 def load_widths(spec: str) -> dict[str, int]:
