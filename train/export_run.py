@@ -21,6 +21,7 @@ from absl import logging
 
 import cci
 from train import data, experiment, export, folding, loop, provenance, report, steps
+from train import workdir as workdir_lib
 from train.models import stats
 
 EXPORT_DIR = 'export'
@@ -29,13 +30,12 @@ PACKED_FILE = 'cci_packed.npz'
 
 def check_finished(workdir: str) -> dict[str, Any]:
   """The run's summary; ExportError if the workdir holds no finished run."""
-  path = os.path.join(workdir, loop.SUMMARY_FILE)
-  if not os.path.exists(path):
+  summary = workdir_lib.read_record(os.path.join(workdir, loop.SUMMARY_FILE))
+  if summary is None:  # Missing, or damaged (then moved aside with a warning).
     raise export.ExportError(
-        f'{workdir} holds no finished run ({loop.SUMMARY_FILE} is missing): rerun its '
+        f'{workdir} holds no finished run (no intact {loop.SUMMARY_FILE}): rerun its '
         'training command to finish it, then export.')
-  with open(path) as f:
-    return json.load(f)
+  return summary
 
 
 def _normalize(exp: experiment.Experiment, images: np.ndarray) -> np.ndarray:

@@ -213,6 +213,13 @@ def test_unfinished_run_is_refused_and_nothing_is_written(runs, tmp_path):
   with pytest.raises(export.ExportError, match='no finished run.*summary.json'):
     export_run.export_workdir(workdir_lib.load_config(workdir), workdir, ['stablehlo'])
   assert not [n for n in os.listdir(workdir) if 'export' in n]
+  # A torn summary counts as none: refused the same way, the file kept in damaged/.
+  with open(os.path.join(workdir, loop.SUMMARY_FILE), 'w') as f:
+    f.write('{"top1": 0.9')
+  with pytest.raises(export.ExportError, match='no intact summary.json'):
+    export_run.export_workdir(workdir_lib.load_config(workdir), workdir, ['stablehlo'])
+  assert os.path.exists(os.path.join(workdir, workdir_lib.DAMAGED_DIR, loop.SUMMARY_FILE))
+  assert not [n for n in os.listdir(workdir) if 'export' in n]
 
 
 @pytest.mark.parametrize('formats, batch, message', [
