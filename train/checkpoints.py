@@ -316,6 +316,29 @@ def load_variables(workdir: str, like: Any, key: str = 'config.init_from') -> An
   return dict(variables)
 
 
+def save_variables(workdir: str, destination: str) -> int:
+  """Writes the params and batch stats of `workdir`'s latest checkpoint (checksums
+  verified) as the only checkpoint of `destination`, a folder that `load_variables`
+  then reads like a workdir (no optimiser state: a published start is small).
+
+  Returns:
+    The checkpoint's step.
+  """
+  manager, directory, step = _open_read_only(workdir, 'workdir')
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    variables = _restore_as_saved(manager, step,
+                                  _variables(manager.item_metadata(step).state.tree))
+  finally:
+    manager.close()
+  integrity.verify(os.path.join(directory, str(step)), variables,
+                   meta.get(CHECKSUMS_KEY) or {})
+  checkpointer = Checkpointer(os.path.join(destination, workdir_lib.CHECKPOINT_DIR), keep=1)
+  checkpointer.save(step, dict(variables), {'variables_of': os.path.abspath(workdir)})
+  checkpointer.close()
+  return step
+
+
 def saved_widths(directory: str, widths: dict[str, int]) -> dict[str, int] | None:
   """The output channels of the kernels named by `widths` in the newest readable
   checkpoint of `directory` (metadata only); None without one."""

@@ -30,10 +30,11 @@ import json
 import os
 import signal
 import statistics
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import app, flags, logging
@@ -61,6 +62,9 @@ _RERUN = flags.DEFINE_enum(
     'none: keep finished and recorded rows; stale: run again the rows whose revision '
     'differs from HEAD in the code that produces results; all: run every row again.')
 ATTEMPTS_FILE = 'reproduce_attempts.json'
+PUBLISHED_DIR = 'checkpoints'  # Under --results: final variables of rows (publish).
+LATENCY_KEYS = ('latency_ms', 'dense_latency_ms', 'latency_batch')
+PUBLISHED_FILES = (workdir_lib.CONFIG_FILE, 'summary.json', 'widths.json')
 
 
 def load_table(name: str, preset: str) -> tables.Table:
@@ -110,12 +114,14 @@ def row_workdir(root: str, preset: str, row: str, seed: int) -> str:
 
 
 def command(row: tables.Row, workdir: str, seed: int, init_from: str,
-            overrides: Sequence[str]) -> list[str]:
-  """The `main.py` command line of one row."""
+            overrides: Sequence[str], widths: str = '') -> list[str]:
+  """The `main.py` command line of one row (`widths`: its `model.widths` JSON)."""
   args = [sys.executable, os.path.join(REPO, 'main.py'), f'--config={row.config}',
           f'--workdir={workdir}', f'--config.seed={seed}']
   if init_from:
     args.append(f'--config.init_from={init_from}')
+  if widths:
+    args.append(f'--config.model.widths={widths}')
   args += [f'--config.{k}={v}' for k, v in row.overrides.items()]
   return args + [f'--config.{kv}' for kv in overrides]
 
@@ -174,70 +180,171 @@ def previous_records(directory: str, table_name: str) -> dict[tuple[str, int], d
 
 
 def same_config(row: tables.Row, record: dict[str, Any], overrides: Sequence[str]) -> bool:
-  """Whether a recorded run is this row's (ignoring paths and run-control keys)."""
+  """Whether a recorded run is this row's (ignoring paths, run-control keys and the
+  widths a row takes from its start)."""
   expected = row_config(row, overrides).to_dict()
   expected['seed'] = record['seed']
-  ignored = {'init_from', *(kv.split('=', 1)[0] for kv in overrides)}
+  ignored = {'init_from', *(kv.split('=', 1)[0] for kv in overrides),
+             *(['model.widths'] if row.widths_from_start else [])}
   return not [k for k in workdir_lib.config_differences(record['config'], expected)
               if k not in ignored]
+
+
+def workdir_config_matches(row: tables.Row, workdir: str, seed: int,
+                           overrides: Sequence[str]) -> bool:
+  """Whether the finished run in `workdir` is this row's (a workdir left by another
+  config of the row, e.g. an earlier preset, is not)."""
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  if not os.path.exists(path):
+    return False
+  matches = same_config(row, {'config': workdir_lib.read_json(path), 'seed': seed},
+                        overrides)
+  if not matches:
+    logging.warning('%s holds a run of another config than row %s: it runs again.',
+                    workdir, row.name)
+  return matches
+
+
+def row_seeds(row: tables.Row, seeds: int) -> int:
+  """How many seeds `row` runs: its own count, at least `--seeds`."""
+  return max(row.seeds, seeds)
+
+
+def published_dir(results: str, preset: str, row: str, seed: int) -> str:
+  """Where a finished row's final variables are kept with the results."""
+  return os.path.join(results, PUBLISHED_DIR, preset, row if seed == 0 else
+                      f'{row}.seed{seed}')
+
+
+def publish(workdir: str, destination: str) -> None:
+  """Keeps the final variables and records of a finished row in `destination`.
+
+  The folder is a variables-only workdir (`config.init_from` can point at it), written
+  beside and renamed into place, so a reader never sees half of it.
+  """
+  from train import checkpoints  # Imports JAX: only when a row is published.
+  partial = destination + '.partial'
+  shutil.rmtree(partial, ignore_errors=True)
+  checkpoints.save_variables(workdir, partial)
+  for name in PUBLISHED_FILES:
+    if os.path.exists(os.path.join(workdir, name)):
+      shutil.copy2(os.path.join(workdir, name), partial)
+  if os.path.exists(destination):
+    shutil.rmtree(destination)
+  os.replace(partial, destination)
+  logging.info('Kept the final variables of %s in %s.', workdir, destination)
+
+
+def published_current(destination: str, record: dict[str, Any] | None) -> bool:
+  """Whether `destination` holds the variables of the run `record` describes."""
+  path = os.path.join(destination, 'summary.json')
+  return bool(record) and os.path.exists(path) and (
+      workdir_lib.read_json(path) == record['summary'])
 
 
 def run_table(table: tables.Table, preset: str, seeds: int, root: str,
               overrides: Sequence[str], only: Sequence[str] = (),
               prior: dict[tuple[str, int], dict] | None = None,
-              rerun: str = 'none') -> list[dict[str, Any]]:
-  """Runs the unfinished rows of every seed; returns each row's status.
+              rerun: str = 'none', results: str = '',
+              on_finished: Callable[[list[dict[str, Any]]], None] | None = None,
+              ) -> list[dict[str, Any]]:
+  """Runs the unfinished (row, seed) pairs; returns each one's status.
 
-  A row recorded in `prior` with the same config counts as done ('recorded') unless
-  another row must start from its workdir, which then is run again (missing).
-  `rerun` ('stale', 'all') runs finished and recorded rows again (`needs_rerun`), and
-  every row starting from a row that ran in this call.
+  Seed 0 of every row runs first, then the further seeds of the rows that have them
+  (`row_seeds`). A pair recorded in `prior` with the same config counts as done
+  ('recorded') unless another row must start from it and its variables are not kept
+  in `results` (`published_dir`): then it runs again. A finished workdir whose config
+  differs from the row's is moved aside and run again. `rerun` ('stale', 'all') runs
+  finished and recorded pairs again (`needs_rerun`), and every pair starting from one
+  that ran in this call. With `results`, the final variables of every row's seed 0 and
+  of every pair another row starts from are kept there; `on_finished(statuses)` is
+  called after every pair that ran, so results are written as they come.
   """
   rows, prior = {r.name: r for r in table.rows}, prior or {}
-  statuses = []
-  for seed in range(seeds):
-    failed, ran = {}, set()
+  starts = {(r.start_from, 0) for r in table.rows if r.start_from}
+  starts |= {(r.start_from, s) for r in table.rows if r.start_from
+             for s in range(row_seeds(r, seeds))
+             if s < row_seeds(rows[r.start_from], seeds)}
+  failed, ran, done_status, statuses = {}, set(), {}, []
 
-    def outdated(row: tables.Row, revision: str) -> bool:
-      return row.name not in ran and (needs_rerun(rerun, revision) or (
-          rerun != 'none' and row.start_from in ran))
+  def outdated(row: tables.Row, seed: int, revision: str) -> bool:
+    return (row.name, seed) not in ran and (needs_rerun(rerun, revision) or (
+        rerun != 'none' and bool(row.start_from) and
+        (row.start_from, start_seed(row, seed)) in ran))
 
-    def ensure(row: tables.Row, need_workdir: bool) -> tuple[str, str]:
-      workdir = row_workdir(root, preset, row.name, seed)
-      if row.name in failed:
-        return 'failed', failed[row.name]
-      done = finished(workdir)
-      if done and not outdated(row, workdir_lib.read_json(
-          os.path.join(workdir, 'summary.json')).get('revision', 'unknown')):
-        return 'finished', ''
-      record = prior.get((row.name, seed))
-      recorded = bool(record) and same_config(row, record, overrides)
-      if recorded and not need_workdir and not outdated(row, record['revision']):
-        return 'recorded', ''
-      if only and row.name not in only and not need_workdir:  # Kept as it is.
-        return ('finished', '') if done else ('recorded', '') if recorded else (
-            'not run', 'not in --only')
-      dependency = ''
-      if row.start_from:
-        if ensure(rows[row.start_from], need_workdir=True)[0] != 'finished':
-          return 'blocked', f'needs row {row.start_from}'
-        dependency = row_workdir(root, preset, row.start_from, seed)
-      if done:
-        move_aside(workdir)
-      args = command(row, workdir, seed, dependency, overrides)
-      logging.info('%s seed %d: %s', row.name, seed, ' '.join(args[1:]))
-      ok, detail = run_row(args, workdir, workdir + '.log')
-      ran.add(row.name)
-      logging.log(logging.INFO if ok else logging.ERROR, '%s seed %d: %s %s', row.name,
-                  seed, 'finished' if ok else 'failed', detail)
-      if not ok:
-        failed[row.name] = detail
-      return ('finished', '') if ok else ('failed', detail)
+  def start_seed(row: tables.Row, seed: int) -> int:
+    return seed if seed < row_seeds(rows[row.start_from], seeds) else 0
 
-    for row in table.rows:
-      status, detail = ensure(row, need_workdir=False)
-      statuses.append({'row': row.name, 'seed': seed, 'status': status, 'detail': detail,
-                       'workdir': row_workdir(root, preset, row.name, seed)})
+  def keep(row: tables.Row, seed: int, workdir: str) -> None:
+    if results and (seed == 0 or (row.name, seed) in starts):
+      destination = published_dir(results, preset, row.name, seed)
+      summary = workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
+      if not published_current(destination, {'summary': summary}):
+        publish(workdir, destination)
+
+  def ensure(row: tables.Row, seed: int, need_start: bool) -> tuple[str, str, str]:
+    """(status, detail, the folder rows starting from this pair read)."""
+    if (row.name, seed) in done_status and not need_start:
+      return done_status[(row.name, seed)]
+    workdir = row_workdir(root, preset, row.name, seed)
+    if (row.name, seed) in failed:
+      return 'failed', failed[(row.name, seed)], ''
+    record = prior.get((row.name, seed))
+    done = finished(workdir) and workdir_config_matches(row, workdir, seed, overrides)
+    if done and not outdated(row, seed, workdir_lib.read_json(
+        os.path.join(workdir, 'summary.json')).get('revision', 'unknown')):
+      keep(row, seed, workdir)
+      return 'finished', '', workdir
+    recorded = bool(record) and same_config(row, record, overrides)
+    published = published_dir(results, preset, row.name, seed) if results else ''
+    if recorded and not outdated(row, seed, record['revision']):
+      if not need_start:
+        return 'recorded', '', ''
+      if published and published_current(published, record):
+        return 'recorded', '', published
+    if only and row.name not in only and not need_start:  # Kept as it is.
+      return (('finished', '', workdir) if finished(workdir) else
+              ('recorded', '', '') if recorded else ('not run', 'not in --only', ''))
+    dependency, widths = '', ''
+    if row.start_from:
+      status, _, dependency = ensure(rows[row.start_from], start_seed(row, seed), True)
+      if not dependency:
+        return 'blocked', f'needs row {row.start_from}', ''
+      if row.widths_from_start:
+        widths = json.dumps(workdir_lib.read_json(os.path.join(dependency, 'widths.json')))
+    if finished(workdir) or (os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE))
+                             and not workdir_config_matches(row, workdir, seed, overrides)):
+      move_aside(workdir)  # An unfinished run of this row's config resumes instead.
+    args = command(row, workdir, seed, dependency, overrides, widths)
+    logging.info('%s seed %d: %s', row.name, seed, ' '.join(args[1:]))
+    ok, detail = run_row(args, workdir, workdir + '.log')
+    ran.add((row.name, seed))
+    logging.log(logging.INFO if ok else logging.ERROR, '%s seed %d: %s %s', row.name,
+                seed, 'finished' if ok else 'failed', detail)
+    if not ok:
+      failed[(row.name, seed)] = detail
+      return 'failed', detail, ''
+    keep(row, seed, workdir)
+    return 'finished', '', workdir
+
+  def pending(row: tables.Row, seed: int) -> dict[str, Any]:
+    record = prior.get((row.name, seed))
+    recorded = bool(record) and same_config(row, record, overrides)
+    return {'row': row.name, 'seed': seed, 'status': 'recorded' if recorded else 'not run',
+            'detail': '' if recorded else 'pending',
+            'workdir': row_workdir(root, preset, row.name, seed)}
+
+  pairs = sorted(((s, i) for i, r in enumerate(table.rows)
+                  for s in range(row_seeds(r, seeds))))
+  for seed, index in pairs:
+    row = table.rows[index]
+    status, detail, _ = ensure(row, seed, need_start=False)
+    done_status[(row.name, seed)] = (status, detail, '')
+    statuses.append({'row': row.name, 'seed': seed, 'status': status, 'detail': detail,
+                     'workdir': row_workdir(root, preset, row.name, seed)})
+    if on_finished and (row.name, seed) in ran:
+      on_finished(statuses + [pending(table.rows[i], later) for later, i in
+                              pairs[len(statuses):]])
   return statuses
 
 
@@ -330,7 +437,7 @@ def add_latencies(table: tables.Table, recs: list[dict[str, Any]], batch_size: i
     r['latency_ms'] = ms[f'{r["row"]}/{r["seed"]}']
   dense = {r['seed']: r['latency_ms'] for r in recs if r['row'] == table.rows[0].name}
   for r in recs:
-    r['dense_latency_ms'] = dense.get(r['seed'])
+    r['dense_latency_ms'] = dense.get(r['seed'], dense.get(0))
     r['latency_batch'] = batch_size
 
 
@@ -453,29 +560,40 @@ def main(argv: list[str]) -> None:
     row_config(row, _OVERRIDE.value)
   root = os.path.abspath(_ROOT.value)
   prior = previous_records(_RESULTS.value, table.name)
+
+  def report(statuses: list[dict[str, Any]], final: bool) -> str:
+    """Writes the results of the finished pairs; times them side by side if `final`."""
+    recs = records(table, statuses, prior)
+    for r in recs:
+      r['stale'] = provenance.stale_reason(r['revision'])
+    if final and (_REMEASURE.value or
+                  not latencies_current(recs, prior, _LATENCY_BATCH.value)):
+      add_latencies(table, recs, _LATENCY_BATCH.value)
+    else:  # Recorded rows keep their times; new ones get theirs at the end.
+      for r in recs:
+        before = prior.get((r['row'], r['seed'])) or {}
+        if before.get('summary') == r['summary']:
+          r.update({k: before[k] for k in LATENCY_KEYS if k in before})
+      if final:
+        logging.info('Every finished row is the recorded run: keeping the recorded '
+                     'latencies (--remeasure_latency times them again).')
+    return write_results(table, _PRESET.value, recs, statuses, _SEEDS.value,
+                         _RESULTS.value)
+
   if _REPORT_ONLY.value:
     statuses = [{'row': r.name, 'seed': s, 'workdir': row_workdir(root, _PRESET.value,
                                                                   r.name, s),
-                 'detail': ''} for s in range(_SEEDS.value) for r in table.rows]
+                 'detail': ''} for r in table.rows for s in range(row_seeds(r, _SEEDS.value))]
     for s in statuses:
       recorded = (s['row'], s['seed']) in prior
       s['status'] = ('finished' if finished(s['workdir'])
                      else 'recorded' if recorded else 'not run')
   else:
     statuses = run_table(table, _PRESET.value, _SEEDS.value, root, _OVERRIDE.value,
-                         _ONLY.value, prior, _RERUN.value)
-  recs = records(table, statuses, prior)
-  for r in recs:
-    r['stale'] = provenance.stale_reason(r['revision'])
-  if _REMEASURE.value or not latencies_current(recs, prior, _LATENCY_BATCH.value):
-    add_latencies(table, recs, _LATENCY_BATCH.value)
-  else:
-    logging.info('Every finished row is the recorded run: keeping the recorded '
-                 'latencies (--remeasure_latency times them again).')
-    for r in recs:
-      before = prior[(r['row'], r['seed'])]
-      r.update({k: before[k] for k in ('latency_ms', 'dense_latency_ms', 'latency_batch')})
-  path = write_results(table, _PRESET.value, recs, statuses, _SEEDS.value, _RESULTS.value)
+                         _ONLY.value, prior, _RERUN.value, results=_RESULTS.value,
+                         on_finished=lambda statuses: report(statuses, final=False))
+  path = report(statuses, final=True)
+  recs = [s for s in statuses if s['status'] in ('finished', 'recorded')]
   failed = [s for s in statuses if s['status'] == 'failed']
   logging.info('Wrote %s: %d finished, %d failed.', path, len(recs), len(failed))
   if failed:

@@ -23,6 +23,11 @@ class Row:
     config: a config file with its optional argument, 'configs/x.py:arg'.
     overrides: `--config.KEY=VALUE` pairs.
     start_from: the name of the row whose finished workdir is `config.init_from`.
+    seeds: how many seeds (0, 1, ...) this row runs; seed s starts from seed s of
+      `start_from` if that row runs it, else from its seed 0 (fine-tune seeds of one
+      pre-trained model).
+    widths_from_start: train the model of `start_from` (its `widths.json` becomes
+      `model.widths`), e.g. CCI on a C2S2-compacted network.
   """
   name: str
   label: str
@@ -30,6 +35,8 @@ class Row:
   config: str
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   start_from: str = ''
+  seeds: int = 1
+  widths_from_start: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +60,11 @@ class Table:
     if len(set(names)) != len(names):
       raise ValueError(f'Table {self.name}: row names repeat: {names}.')
     for i, row in enumerate(self.rows):
+      if row.seeds < 1:
+        raise ValueError(f'Table {self.name}: row {row.name} has seeds={row.seeds} (< 1).')
+      if row.widths_from_start and not row.start_from:
+        raise ValueError(f'Table {self.name}: row {row.name} takes its widths from a '
+                         'start_from row but has none.')
       if row.start_from and row.start_from not in names[:i]:
         raise ValueError(f'Table {self.name}: row {row.name} starts from '
                          f'{row.start_from!r}, which is not an earlier row.')

@@ -56,6 +56,11 @@ def test_bad_tables_are_refused_by_name():
     reproduce.row_config(row)
   with pytest.raises(ValueError, match='starts from'):
     tables.Table('t', 't', '', (tables.Row('a', 'a', 'm', 'c', start_from='b'),), ())
+  with pytest.raises(ValueError, match='row a has seeds=0'):
+    tables.Table('t', 't', '', (tables.Row('a', 'a', 'm', 'c', seeds=0),), ())
+  with pytest.raises(ValueError, match='row a takes its widths from a start_from row'):
+    tables.Table('t', 't', '', (tables.Row('a', 'a', 'm', 'c', widths_from_start=True),),
+                 ())
 
 
 def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
@@ -68,7 +73,11 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
   assert first.returncode != 0 and "['broken']" in first.stderr, first.stderr[-2000:]
   results = tmp_path / 'results'
   assert {p.name for p in results.iterdir()} == {'tiny.md', 'tiny.csv', 'tiny.json',
-                                                 'tiny.png'}
+                                                 'tiny.png', reproduce.PUBLISHED_DIR}
+  published = results / reproduce.PUBLISHED_DIR / 'cpu'
+  assert sorted(p.name for p in published.iterdir()) == ['dense', 'l1']  # Seed 0 of each.
+  assert (json.loads((published / 'dense' / 'summary.json').read_text()) ==
+          json.loads((tmp_path / 'runs' / 'cpu' / 'dense' / 'summary.json').read_text()))
   text = (results / 'tiny.md').read_text()
   assert re.search(ROW_LINE % 'dense', text) and re.search(ROW_LINE % 'L1 filter', text)
   assert 'broken (seed 0): failed' in text and 'resnet7' in text
@@ -100,6 +109,17 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
   assert not (tmp_path / 'runs' / 'cpu' / 'dense').exists()
   text = (results / 'tiny.md').read_text()
   assert re.search(ROW_LINE % 'dense', text) and re.search(ROW_LINE % 'L1 filter', text)
+  # A machine with the results but no workdirs runs a lost row from the kept dense
+  # variables, without training dense again.
+  kept = json.loads((results / 'tiny.json').read_text())
+  kept['rows'] = [r for r in kept['rows'] if r['row'] != 'l1']
+  (results / 'tiny.json').write_text(json.dumps(kept))
+  fourth = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+  assert fourth.returncode != 0 and "['broken']" in fourth.stderr, fourth.stderr[-2000:]
+  assert not (tmp_path / 'runs' / 'cpu' / 'dense').exists()
+  l1 = [r for r in json.loads((results / 'tiny.json').read_text())['rows']
+        if r['row'] == 'l1']
+  assert l1 and l1[0]['config']['init_from'] == str(published / 'dense')
 
 
 def test_an_interrupted_attempt_still_counts_toward_the_wall_time(tmp_path, monkeypatch):
@@ -132,11 +152,13 @@ def test_recorded_latencies_are_kept_only_when_every_row_is_the_recorded_run():
   assert not reproduce.latencies_current([], prior, 128)
 
 
-def _finish(workdir, revision):
-  """Makes `workdir` a finished row made at `revision`."""
+def _finish(row, workdir, revision='new', seed=0):
+  """Makes `workdir` a finished run of `row`'s config made at `revision`."""
   os.makedirs(workdir, exist_ok=True)
   workdir_lib.write_json(os.path.join(workdir, 'summary.json'),
                          {'revision': revision, 'wall_time_s': 1.0})
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE),
+                         {**reproduce.row_config(row).to_dict(), 'seed': seed})
 
 
 @pytest.mark.parametrize('rerun, runs', [
@@ -151,8 +173,8 @@ def test_rerun_runs_stale_rows_and_their_dependents_once(tmp_path, monkeypatch, 
           tables.Row('other', 'other', 'x', 'configs/quickstart.py'))
   table = tables.Table('t', 't', '', rows, ())
   root = str(tmp_path / 'runs')
-  _finish(reproduce.row_workdir(root, 'cpu', 'dense', 0), 'old')
-  _finish(reproduce.row_workdir(root, 'cpu', 'other', 0), 'new')
+  _finish(rows[0], reproduce.row_workdir(root, 'cpu', 'dense', 0), 'old')
+  _finish(rows[2], reproduce.row_workdir(root, 'cpu', 'other', 0), 'new')
   config = reproduce.row_config(rows[1]).to_dict()
   prior = {('l1', 0): {'row': 'l1', 'seed': 0, 'revision': 'new', 'config': config}}
   monkeypatch.setattr(provenance, 'stale_reason',
@@ -161,7 +183,7 @@ def test_rerun_runs_stale_rows_and_their_dependents_once(tmp_path, monkeypatch, 
 
   def run_row(args, workdir, log_path):
     ran.append(os.path.basename(workdir))
-    _finish(workdir, 'new')
+    _finish(next(r for r in rows if r.name == ran[-1]), workdir)
     return True, ''
 
   monkeypatch.setattr(reproduce, 'run_row', run_row)
@@ -215,3 +237,81 @@ def test_cost_check_column_counts_units_by_their_fate():
          {'unit': 2, 'action': 'give_up'}, {'unit': 3, 'action': 'give_up'}]
   assert tables.cost_check({'cost_check': log}) == '2 / 2 / 2'
   assert tables.cost_check({}) is None
+
+
+def test_fine_tune_seeds_start_from_one_dense_run_and_results_come_as_rows_finish(
+    tmp_path, monkeypatch):
+  rows = (tables.Row('dense', 'dense', 'dense', 'configs/quickstart.py'),
+          tables.Row('ft', 'ft', 'L1', 'configs/quickstart.py', start_from='dense',
+                     seeds=3),
+          tables.Row('paired', 'p', 'x', 'configs/quickstart.py', start_from='ft',
+                     seeds=2),
+          tables.Row('after', 'a', 'x', 'configs/quickstart.py', start_from='ft',
+                     widths_from_start=True))
+  table = tables.Table('t', 't', '', rows, ())
+  root, results = str(tmp_path / 'runs'), str(tmp_path / 'results')
+  ran, reports = [], []
+
+  def run_row(args, workdir, log_path):
+    row = next(r for r in rows if r.name == os.path.basename(workdir))
+    seed = int(next(a for a in args if a.startswith('--config.seed=')).split('=')[1])
+    init = [a.split('=', 1)[1] for a in args if a.startswith('--config.init_from=')]
+    widths = [a.split('=', 1)[1] for a in args if a.startswith('--config.model.widths=')]
+    ran.append((row.name, seed, os.path.relpath(init[0], root) if init else '', widths))
+    _finish(row, workdir, seed=seed)
+    workdir_lib.write_json(os.path.join(workdir, 'widths.json'), {'conv': seed + 2})
+    return True, ''
+
+  def publish(workdir, destination):
+    shutil.copytree(workdir, destination, dirs_exist_ok=True)
+
+  monkeypatch.setattr(reproduce, 'run_row', run_row)
+  monkeypatch.setattr(reproduce, 'publish', publish)
+  statuses = reproduce.run_table(table, 'cpu', 1, root, (), results=results,
+                                 on_finished=reports.append)
+  assert [(s['row'], s['seed']) for s in statuses] == [
+      ('dense', 0), ('ft', 0), ('paired', 0), ('after', 0), ('ft', 1), ('paired', 1),
+      ('ft', 2)]
+  seed1 = os.path.join('seed1', 'ft')
+  assert ran == [('dense', 0, '', []), ('ft', 0, 'cpu/dense', []),
+                 ('paired', 0, 'cpu/ft', []), ('after', 0, 'cpu/ft', ['{"conv": 2}']),
+                 ('ft', 1, 'cpu/dense', []), ('paired', 1, f'cpu/{seed1}', []),
+                 ('ft', 2, 'cpu/dense', [])]
+  # One report per finished pair; the pairs still to run are listed as pending.
+  assert len(reports) == 7
+  assert [(s['row'], s['seed'], s['status']) for s in reports[0]][:2] == [
+      ('dense', 0, 'finished'), ('ft', 0, 'not run')]
+  # Kept: seed 0 of every row and ft seed 1 (paired seed 1 starts from it), not seed 2.
+  kept = sorted(os.listdir(os.path.join(results, reproduce.PUBLISHED_DIR, 'cpu')))
+  assert kept == ['after', 'dense', 'ft', 'ft.seed1', 'paired']
+
+
+def test_a_finished_workdir_of_another_config_runs_again_an_unfinished_one_resumes(
+    tmp_path, monkeypatch):
+  rows = (tables.Row('a', 'a', 'x', 'configs/quickstart.py'),
+          tables.Row('b', 'b', 'x', 'configs/quickstart.py'),
+          tables.Row('c', 'c', 'x', 'configs/quickstart.py'))
+  table = tables.Table('t', 't', '', rows, ())
+  root = str(tmp_path / 'runs')
+  other = tables.Row('a', 'a', 'x', 'configs/quickstart.py', {'num_epochs': 9.0})
+  _finish(other, reproduce.row_workdir(root, 'cpu', 'a', 0))  # An older preset's.
+  unfinished = reproduce.row_workdir(root, 'cpu', 'b', 0)
+  _finish(rows[1], unfinished)
+  os.remove(os.path.join(unfinished, 'summary.json'))  # Interrupted: resumes in place.
+  _finish(rows[2], reproduce.row_workdir(root, 'cpu', 'c', 0))
+  ran = []
+
+  def run_row(args, workdir, log_path):
+    ran.append((os.path.basename(workdir), os.listdir(workdir) if os.path.exists(workdir)
+                else None))
+    _finish(next(r for r in rows if r.name == os.path.basename(workdir)), workdir)
+    return True, ''
+
+  monkeypatch.setattr(reproduce, 'run_row', run_row)
+  statuses = reproduce.run_table(table, 'cpu', 1, root, ())
+  assert [s['status'] for s in statuses] == ['finished'] * 3
+  assert ran == [('a', None), ('b', [workdir_lib.CONFIG_FILE])]
+  aside = [p for p in os.listdir(os.path.join(root, 'cpu')) if 'replaced' in p]
+  assert [p.split('.')[0] for p in aside] == ['a']
+  assert workdir_lib.read_json(os.path.join(root, 'cpu', aside[0],
+                                            workdir_lib.CONFIG_FILE))['num_epochs'] == 9.0
