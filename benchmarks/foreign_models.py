@@ -3,8 +3,9 @@
   python -m benchmarks.foreign_models                 # ResNet-18 and VGG-16, 112x112
   python -m benchmarks.foreign_models --smoke         # tiny sizes: checks the script runs
 
-A full run of every model writes results/foreign_models.json (the README's figures):
-each model's result, the settings and the machine; `--out` writes elsewhere.
+A full run of every model writes results/foreign_models.json (the figures of
+docs/your_model.md): each model's result, the settings and the machine; `--out` writes
+elsewhere.
 
 ImageNet-style ResNet-18 and VGG-16 with hard-coded widths (`@nn.compact`, layers named
 by Flax) are traced into channel graphs; every prunable group loses the same fraction

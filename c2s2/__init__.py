@@ -1,7 +1,7 @@
 """C2S2 (cost-aware channel sparse selection): pruning layers, selection and surgery.
 
-See ../shared/METHODS.md section 2 and the README's C2S2 section. Pure functions and a
-small Flax module; the progressive driver lives in `train.c2s2_driver`.
+See ../shared/METHODS.md section 2 and docs/methods.md (C2S2 channel selection). Pure
+functions and a small Flax module; the progressive driver lives in `train.c2s2_driver`.
 """
 
 from c2s2 import nnx

@@ -1,6 +1,6 @@
 """CCI (cross-channel intragroup) sparsity as pure functions over kernels and pytrees.
 
-See ../shared/METHODS.md section 1 and the README's CCI section.
+See ../shared/METHODS.md section 1 and docs/methods.md (CCI sparsity).
 """
 
 from cci import nnx

@@ -13,8 +13,9 @@ C2S2 needs) for 2 epochs at lr 0.01: unstructured 2 of 8's density (25%) by grad
 magnitude pruning; L1 filter pruning of 30% of each block's inner channels; network
 slimming's L1-on-scales training, then pruning by one global threshold. The comparison
 runs, with their measured figures, are `python -m train.reproduce --table=cifar10_cci`
-and `--table=cifar10_c2s2` (README). Expect about 8 minutes per run on the 2-core x86 CPU
-of this project's machines (the fine-tune schedule of the CCI configs, measured there).
+and `--table=cifar10_c2s2` (docs/results.md). Expect about 8 minutes per run on the
+2-core x86 CPU of this project's machines (the fine-tune schedule of the CCI configs,
+measured there).
 """
 
 from configs import baseline_schedules, resnet20_cpu

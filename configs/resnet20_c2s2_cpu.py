@@ -13,7 +13,7 @@ Expect: test top-1 0.828 (dense start 0.820); only stage1_block2/conv1 loses cha
 (8 of 16): MACs 38.19M of 40.55M (1.06x fewer), params 267,402 of 269,722, CPU latency
 at batch 128 89 vs 91 ms (1.02x); stage 2 kept all after 2 restores, stage 3 gave up
 after 3; 32 minutes for the whole command on the 2-core x86 CPU of this project's
-machines (measured 2026-11-22; see c2s2.jsonl and the README).
+machines (measured 2026-11-22; see c2s2.jsonl and docs/results.md).
 """
 
 from configs import c2s2_schedules, resnet20_cpu
@@ -25,7 +25,7 @@ def get_config():
   config.channel_pruning.layers_per_step = 3
   config.channel_pruning.lambda_l1 = 0.02
   config.channel_pruning.channel_multiple = 8  # XLA:CPU runs multiples of 8 faster.
-  # Tuned (see the README): at weight lr 0.01 the short-schedule dense model lost 1.5%
+  # Tuned: at weight lr 0.01 the short-schedule dense model lost 1.5%
   # held-out top-1 from fine-tuning alone, with every channel restored.
   config.channel_pruning.weight_learning_rate = 0.001
   config.channel_pruning.epsilon = 0.01

@@ -6,7 +6,7 @@ Expect: not run here (27 prunable layers x 1.5 epochs of selection plus a 40-epo
 fine-tune of ResNet-56 is about 40 hours on the 2-core CPU of this project's machines).
 Starts from runs/resnet56_dense (configs/resnet56_dense.py trained with
 --config.data.held_out=5000). For the measured CPU-scale counterpart see
-configs/resnet20_c2s2_cpu.py and the README.
+configs/resnet20_c2s2_cpu.py and docs/results.md.
 """
 
 from configs import c2s2_schedules, resnet56_dense

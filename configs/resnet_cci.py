@@ -4,7 +4,7 @@ r"""ResNet-56 on CIFAR-10 with CCI 2 of 8, dynamic algorithm, accelerator schedu
 
 Expect: not run here (160 epochs of ResNet-56 is about 90 hours on the 2-core CPU of this
 project's machines; roughly 1-2 hours on one modern GPU, an estimate). For the measured
-CPU-scale counterpart see configs/resnet20_cci_cpu.py and the README. `:oneshot` and
+CPU-scale counterpart see configs/resnet20_cci_cpu.py and docs/results.md. `:oneshot` and
 `:gradual` fine-tune runs/resnet56_dense (configs/resnet56_dense.py).
 """
 

@@ -6,7 +6,7 @@ any pure function `apply(variables, x)` (an NNX model too, as
 
 - `model.stablehlo`: a serialized `jax.export.Exported`, with a symbolic batch
   dimension unless a batch size is given; `jax.export.deserialize` loads it with jax
-  alone (README, "Deploying").
+  alone (docs/export.md).
 - `model.onnx`: the same function converted by jax2onnx, run by ONNX Runtime (the
   optional extras of requirements-export.txt).
 - `manifest.json`: input and output shapes, the folded batch norms, the largest

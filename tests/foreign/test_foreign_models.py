@@ -8,7 +8,6 @@ compact model runs through `c2s2.compact_apply`.
 
 import dataclasses
 import functools
-import os
 
 import flax
 import flax.linen as nn
@@ -22,6 +21,7 @@ import pytest
 
 import c2s2
 import cci
+from tests import markdown_docs
 from tests.foreign import zoo_models
 
 # ------------------------------------------------------------------ the models
@@ -493,20 +493,14 @@ def _leaf(tree, path):
   return tree
 
 
-# ------------------------------------------------------------------ README
+# ------------------------------------------------------------ docs/your_model.md
 
 
-def readme_blocks(section: str) -> list[str]:
-  """The python code blocks of one README section, as written."""
-  text = open(os.path.join(os.path.dirname(__file__), '..', '..', 'README.md')).read()
-  body = text.split(f'## {section}\n', 1)[1].split('\n## ', 1)[0]
-  return [block.split('```', 1)[0] for block in body.split('```python\n')[1:]]
-
-
-def test_the_readme_examples_run_on_a_foreign_model():
+def test_the_documented_examples_run_on_a_foreign_model():
+  """docs/your_model.md, "Your own Flax models": both code blocks, as written."""
   case = CASES[0]
   variables, x, _ = setup(case)
-  blocks = readme_blocks('Your own Flax models')
+  blocks = markdown_docs.code_blocks('docs/your_model.md', 'Your own Flax models')
   assert len(blocks) == 2
   namespace = {'optax': optax, 'jnp': jnp, 'model': case.model, 'x': x,
                'params': variables['params'], 'variables': variables, 'num_steps': 10}

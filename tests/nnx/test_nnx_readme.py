@@ -1,4 +1,4 @@
-"""The README section "Your own NNX model" runs as written on an NNX model."""
+"""docs/your_model.md, section "Your own NNX model", runs as written on an NNX model."""
 
 import itertools
 
@@ -10,12 +10,12 @@ from flax import nnx
 
 import c2s2
 import cci
-from tests.foreign.test_foreign_models import readme_blocks
+from tests import markdown_docs
 from tests.nnx import models
 
 
-def test_the_readme_examples_run_on_an_nnx_model(tmp_path):
-  blocks = readme_blocks('Your own NNX model')
+def test_the_documented_examples_run_on_an_nnx_model(tmp_path):
+  blocks = markdown_docs.code_blocks('docs/your_model.md', 'Your own NNX model')
   assert len(blocks) == 3
   make_model = lambda: models.build(models.ResidualNet)
   model = make_model()

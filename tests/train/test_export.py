@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import cci
-from tests.test_main import ROOT, run_main
+from tests import markdown_docs
+from tests.test_main import run_main
 from tests.train.test_c2s2_driver import c2s2_config
 from tests.train.test_cci_training import cci_config
 from train import export, export_run, loop, steps
@@ -136,17 +137,13 @@ def test_cci_packed_weights_unpack_to_the_folded_masked_kernels(exported):
     assert np.array_equal(unpacked != 0, kernel != 0)
 
 
-def readme_snippet() -> str:
-  """The README's code that loads the StableHLO export with jax alone."""
-  text = open(os.path.join(ROOT, 'README.md')).read()
-  return re.search(r'<!-- stablehlo snippet -->\n```python\n(.*?)```', text, re.S).group(1)
-
-
-def test_readme_snippet_runs_the_stablehlo_export_with_jax_alone(runs, tmp_path):
+def test_documented_snippet_runs_the_stablehlo_export_with_jax_alone(runs, tmp_path):
+  """docs/export.md's code that loads the StableHLO export with jax alone, as written."""
   workdir = runs['dense']
   if not os.path.exists(os.path.join(workdir, 'export', 'manifest.json')):
     export_run.export_workdir(workdir_lib.load_config(workdir), workdir, ['stablehlo'])
-  code = readme_snippet().replace('/tmp/quickstart', workdir)
+  code = markdown_docs.marked_block('docs/export.md', 'stablehlo snippet').replace(
+      '/tmp/quickstart', workdir)
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   result = subprocess.run([sys.executable, '-c', code + '\nprint(logits.shape)'],
                           cwd=tmp_path, env=env, capture_output=True, text=True,
