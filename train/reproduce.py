@@ -48,7 +48,8 @@ _TABLE = flags.DEFINE_string('table', None, 'A table in configs/tables, or a tab
 _PRESET = flags.DEFINE_enum('preset', 'cpu', tables.PRESETS, 'Which schedule.')
 _SEEDS = flags.DEFINE_integer('seeds', 1, 'Seeds 0..N-1 of every row.')
 _ROOT = flags.DEFINE_string('root', 'runs/reproduce', 'Where the rows run.')
-_RESULTS = flags.DEFINE_string('results', 'results', 'Where the result files go.')
+RESULTS_DEFAULT = 'results'
+_RESULTS = flags.DEFINE_string('results', RESULTS_DEFAULT, 'Where the result files go.')
 _OVERRIDE = flags.DEFINE_multi_string(
     'override', [], 'KEY=VALUE added to every row (e.g. data.data_dir=/data).')
 _ONLY = flags.DEFINE_list('only', [], 'Run only these rows (and report all finished).')
@@ -171,12 +172,23 @@ def run_row(args: list[str], workdir: str, log_path: str) -> tuple[bool, str]:
   return False, f'exit code {code}: {tail}'
 
 
-def previous_records(directory: str, table_name: str) -> dict[tuple[str, int], dict]:
-  """The rows recorded by an earlier reproduction in `directory/NAME.json`."""
+def previous_records(directory: str, table_name: str,
+                     preset: str = '') -> dict[tuple[str, int], dict]:
+  """The rows recorded by earlier reproductions in `directory`: the table's own
+  (`NAME.json`), then rows of the other tables of `preset` (rows of the same name and
+  preset are one run, e.g. a start both tables share)."""
+  found = {}
+  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+    path = os.path.join(directory, name)
+    if not name.endswith('.json') or name == table_name + '.json':
+      continue
+    results = workdir_lib.read_record(path)
+    if isinstance(results, dict) and preset and results.get('preset') == preset:
+      found.update({(r['row'], r['seed']): r for r in results.get('rows', [])})
   path = os.path.join(directory, table_name + '.json')
-  if not os.path.exists(path):
-    return {}
-  return {(r['row'], r['seed']): r for r in workdir_lib.read_json(path)['rows']}
+  if os.path.exists(path):
+    found.update({(r['row'], r['seed']): r for r in workdir_lib.read_json(path)['rows']})
+  return found
 
 
 def same_config(row: tables.Row, record: dict[str, Any], overrides: Sequence[str]) -> bool:
@@ -454,13 +466,15 @@ def _cell(values: list[float | str | None], fmt: str) -> str:
 
 
 def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
-             statuses: list[dict[str, Any]], seeds: int, head: str) -> str:
+             statuses: list[dict[str, Any]], seeds: int, head: str,
+             results: str = 'results') -> str:
   """The table as Markdown: mean (and spread over seeds) per row, stale rows marked,
   then what is missing. `head`: the revision writing the table."""
   header = ['row', *[c.header for c in table.columns]]
   lines = [f'# {table.title}', '', table.notes.strip(), '',
            f'Command: `python -m train.reproduce --table={table.name} --preset={preset}'
-           f'{f" --seeds={seeds}" if seeds > 1 else ""}`', '',
+           f'{f" --seeds={seeds}" if seeds > 1 else ""}'
+           f'{f" --results={results}" if results != RESULTS_DEFAULT else ""}`', '',
            '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for row in table.rows:
     mine = [r for r in recs if r['row'] == row.name]
@@ -534,7 +548,8 @@ def write_results(table: tables.Table, preset: str, recs: list[dict[str, Any]],
   if recs:
     plot(base + '.png', table, recs)
   with open(base + '.md.tmp', 'w') as f:
-    f.write(markdown(table, preset, recs, statuses, seeds, provenance.revision()))
+    f.write(markdown(table, preset, recs, statuses, seeds, provenance.revision(),
+                     os.path.relpath(directory, REPO)))
   os.replace(base + '.md.tmp', base + '.md')
   return base + '.md'
 
@@ -559,7 +574,7 @@ def main(argv: list[str]) -> None:
   for row in table.rows:  # Every row's config and overrides, before any run.
     row_config(row, _OVERRIDE.value)
   root = os.path.abspath(_ROOT.value)
-  prior = previous_records(_RESULTS.value, table.name)
+  prior = previous_records(_RESULTS.value, table.name, _PRESET.value)
 
   def report(statuses: list[dict[str, Any]], final: bool) -> str:
     """Writes the results of the finished pairs; times them side by side if `final`."""

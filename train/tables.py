@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-PRESETS = ('cpu', 'paper')
+PRESETS = ('cpu', 'cpu_short', 'paper')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,16 @@ class Table:
                          f'{row.start_from!r}, which is not an earlier row.')
 
 
-# Column readers over a record: {'summary': summary.json, 'latency_ms': ...,
+def preset_notes(doc: str, preset: str) -> str:
+  """The paragraph of a table file's docstring that starts with `preset` in backticks."""
+  for paragraph in doc.split('\n\n'):
+    if paragraph.startswith(f'`{preset}`'):
+      return paragraph.strip()
+  raise ValueError(f'The table docstring has no paragraph for preset `{preset}`.')
+
+
+# Column readers over a record: {'summary': summary.json, 'config': the run's config,
+# 'latency_ms': ...,
 # 'dense_latency_ms': the table's first row's latency, 'wall_time_s': ...}.
 
 
@@ -91,6 +100,25 @@ def macs_millions(r: Mapping[str, Any]) -> float:
 def macs_reduction(r: Mapping[str, Any]) -> float:
   """Dense MACs over this model's (x fewer)."""
   return r['summary']['macs_dense'] / r['summary']['macs']
+
+
+def macs_ratio(r: Mapping[str, Any]) -> float:
+  """This model's MACs over the dense model's."""
+  return r['summary']['macs'] / r['summary']['macs_dense']
+
+
+POINT_TOLERANCE = 0.03  # A row counts as at its MACs point within 3% of the ratio.
+
+
+def on_point(r: Mapping[str, Any]) -> str | None:
+  """Whether a row with a `target_macs_ratio` reached it (within POINT_TOLERANCE)."""
+  target = r['config'].get('channel_pruning', {}).get('target_macs_ratio', 0.0)
+  if not target:
+    return None
+  ratio = macs_ratio(r)
+  if abs(ratio / target - 1) <= POINT_TOLERANCE:
+    return 'yes'
+  return f'no: {ratio:.3f} for {target:.3f}'
 
 
 def projected_speedup(r: Mapping[str, Any]) -> float:

@@ -38,7 +38,8 @@ def get_table(preset):
 
 @pytest.mark.parametrize('name, preset', [
     ('cifar10_cci', 'cpu'), ('cifar10_cci', 'paper'), ('cifar10_c2s2', 'cpu'),
-    ('cifar10_c2s2', 'paper'), ('imagenet_cci', 'paper'), ('imagenet_c2s2', 'paper'),
+    ('cifar10_c2s2', 'paper'), ('cifar10_cci', 'cpu_short'), ('cifar10_c2s2', 'cpu_short'),
+    ('imagenet_cci', 'paper'), ('imagenet_c2s2', 'paper'),
     ('quickstart', 'cpu'), ('segmentation_digits', 'cpu'), ('segmentation_digits', 'paper')])
 def test_every_row_of_the_shipped_tables_has_a_valid_config(name, preset):
   table = reproduce.load_table(name, preset)
@@ -315,3 +316,18 @@ def test_a_finished_workdir_of_another_config_runs_again_an_unfinished_one_resum
   assert [p.split('.')[0] for p in aside] == ['a']
   assert workdir_lib.read_json(os.path.join(root, 'cpu', aside[0],
                                             workdir_lib.CONFIG_FILE))['num_epochs'] == 9.0
+
+
+def test_rows_recorded_by_another_table_of_the_preset_count_as_the_same_run(tmp_path):
+  def write(name, preset, rows):
+    workdir_lib.write_json(str(tmp_path / f'{name}.json'),
+                           {'table': name, 'preset': preset, 'rows': rows})
+
+  write('mine', 'cpu', [{'row': 'dense', 'seed': 0, 'from': 'mine'}])
+  write('other', 'cpu', [{'row': 'dense', 'seed': 0, 'from': 'other'},
+                         {'row': 'c2s2_2x', 'seed': 0, 'from': 'other'}])
+  write('paper', 'paper', [{'row': 'r50', 'seed': 0, 'from': 'paper'}])
+  prior = reproduce.previous_records(str(tmp_path), 'mine', 'cpu')
+  assert {k: v['from'] for k, v in prior.items()} == {
+      ('dense', 0): 'mine', ('c2s2_2x', 0): 'other'}
+  assert reproduce.previous_records(str(tmp_path / 'none'), 'mine', 'cpu') == {}
