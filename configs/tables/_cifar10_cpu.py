@@ -19,7 +19,8 @@ KEY_SEEDS = 3  # Fine-tune seeds of the key comparisons.
 _COMMON = {'data.held_out': 5000, 'batch_size': 32, 'optimizer.weight_decay': 5e-4,
            'eval_every_steps': 0}
 DENSE = {**_COMMON, 'num_epochs': 50.0, 'optimizer.learning_rate': 0.05,
-         'optimizer.schedule': 'cosine', 'optimizer.warmup_epochs': 1.0}
+         'optimizer.schedule': 'cosine', 'optimizer.warmup_epochs': 1.0,
+         'eval_every_steps': 7000}  # Test top-1 about every 5 epochs: the curve.
 FINETUNE = {**_COMMON, 'num_epochs': 6.0, 'optimizer.learning_rate': 0.005,
             'optimizer.schedule': 'cosine', 'optimizer.warmup_epochs': 0.0}
 # C2S2's selection before the fine-tune: one group per step, half an epoch of the
