@@ -65,6 +65,7 @@ _RERUN = flags.DEFINE_enum(
 ATTEMPTS_FILE = 'reproduce_attempts.json'
 PUBLISHED_DIR = 'checkpoints'  # Under --results: final variables of rows (publish).
 LATENCY_KEYS = ('latency_ms', 'dense_latency_ms', 'latency_batch')
+PACKED_FILE = 'cci_packed.npz'  # train/export_run.py's name.
 PUBLISHED_FILES = (workdir_lib.CONFIG_FILE, 'summary.json', 'widths.json')
 
 
@@ -228,23 +229,44 @@ def published_dir(results: str, preset: str, row: str, seed: int) -> str:
                       f'{row}.seed{seed}')
 
 
-def publish(workdir: str, destination: str) -> None:
-  """Keeps the final variables and records of a finished row in `destination`.
+def publish(workdir: str, destination: str, variables: bool, packed: bool) -> None:
+  """Keeps a finished row's model and records in `destination`.
 
-  The folder is a variables-only workdir (`config.init_from` can point at it), written
-  beside and renamed into place, so a reader never sees half of it.
+  Args:
+    workdir: the finished run.
+    destination: written beside and renamed into place, so no reader sees half of it.
+    variables: keep its final params and batch stats as a variables-only workdir
+      (`config.init_from` can point at it; a channel row's are the compact model's).
+    packed: keep the CCI model as `main.py --mode=export` packs it (`cci_packed.npz`:
+      values and indices, batch norms folded) with the export's manifest (its test
+      top-1, preprocessing and widths).
+
+  Raises:
+    RuntimeError: the export failed (names its log).
   """
   from train import checkpoints  # Imports JAX: only when a row is published.
   partial = destination + '.partial'
   shutil.rmtree(partial, ignore_errors=True)
-  checkpoints.save_variables(workdir, partial)
+  os.makedirs(partial)
+  if variables:
+    checkpoints.save_variables(workdir, partial)
+  if packed:
+    args = [sys.executable, os.path.join(REPO, 'main.py'), '--mode=export',
+            f'--workdir={workdir}', '--format=stablehlo']
+    with open(workdir + '.log', 'a') as log:
+      log.write(f'\n$ {" ".join(args)}\n')
+      log.flush()
+      if subprocess.run(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode:
+        raise RuntimeError(f'Exporting {workdir} failed: see {workdir}.log.')
+    for name in (PACKED_FILE, 'manifest.json'):
+      shutil.copy2(os.path.join(workdir, 'export', name), partial)
   for name in PUBLISHED_FILES:
     if os.path.exists(os.path.join(workdir, name)):
       shutil.copy2(os.path.join(workdir, name), partial)
   if os.path.exists(destination):
     shutil.rmtree(destination)
   os.replace(partial, destination)
-  logging.info('Kept the final variables of %s in %s.', workdir, destination)
+  logging.info('Kept the final model of %s in %s.', workdir, destination)
 
 
 def published_current(destination: str, record: dict[str, Any] | None) -> bool:
@@ -288,11 +310,16 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     return seed if seed < row_seeds(rows[row.start_from], seeds) else 0
 
   def keep(row: tables.Row, seed: int, workdir: str) -> None:
-    if results and (seed == 0 or (row.name, seed) in starts):
+    """Publishes seed 0 of every row (CCI packed) and every pair a row starts from."""
+    start = (row.name, seed) in starts
+    if results and (seed == 0 or start):
       destination = published_dir(results, preset, row.name, seed)
       summary = workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
       if not published_current(destination, {'summary': summary}):
-        publish(workdir, destination)
+        sparsity = workdir_lib.read_json(
+            os.path.join(workdir, workdir_lib.CONFIG_FILE))['sparsity']
+        cci = sparsity['method'] != 'none' and sparsity['pattern'] == 'cci'
+        publish(workdir, destination, variables=start or not cci, packed=cci and seed == 0)
 
   def ensure(row: tables.Row, seed: int, need_start: bool) -> tuple[str, str, str]:
     """(status, detail, the folder rows starting from this pair read)."""

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.test_main import ROOT
@@ -23,11 +24,12 @@ from train.tables import TOP1, Column, Row, Table, macs_reduction
 TINY = {TINY!r}
 
 def get_table(preset):
-  return Table('tiny', 'tiny', 'Two rows and two that cannot finish.', (
+  return Table('tiny', 'tiny', 'Three rows and two that cannot finish.', (
       Row('dense', 'dense', 'dense', 'configs/quickstart.py', TINY),
       Row('l1', 'L1 filter', 'L1 filter', 'configs/quickstart.py',
           {{**TINY, 'channel_pruning.method': 'l1_filter',
             'channel_pruning.latency_batch': 4}}, start_from='dense'),
+      Row('cci', 'CCI', 'CCI dynamic', 'configs/quickstart_cci.py', TINY),
       Row('broken', 'broken', 'x', 'configs/quickstart.py',
           {{**TINY, 'model.name': 'resnet7'}}),
       Row('after_broken', 'after', 'x', 'configs/quickstart.py', TINY,
@@ -76,7 +78,13 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
   assert {p.name for p in results.iterdir()} == {'tiny.md', 'tiny.csv', 'tiny.json',
                                                  'tiny.png', reproduce.PUBLISHED_DIR}
   published = results / reproduce.PUBLISHED_DIR / 'cpu'
-  assert sorted(p.name for p in published.iterdir()) == ['dense', 'l1']  # Seed 0 of each.
+  assert sorted(p.name for p in published.iterdir()) == ['cci', 'dense', 'l1']  # Seed 0.
+  # The CCI model is kept packed (values and indices), with the export's manifest.
+  assert sorted(p.name for p in (published / 'cci').iterdir()) == [
+      'cci_packed.npz', 'config.json', 'manifest.json', 'summary.json', 'widths.json']
+  with np.load(published / 'cci' / 'cci_packed.npz') as packed:
+    assert int(packed['keep']) == 2 and packed['group_size'] == 8
+    assert any(k.endswith('/indices') and packed[k].dtype == np.uint8 for k in packed)
   assert (json.loads((published / 'dense' / 'summary.json').read_text()) ==
           json.loads((tmp_path / 'runs' / 'cpu' / 'dense' / 'summary.json').read_text()))
   text = (results / 'tiny.md').read_text()
@@ -85,7 +93,7 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
   assert 'after_broken (seed 0): blocked: needs row broken' in text
   with open(results / 'tiny.csv') as f:
     rows = list(csv.DictReader(f))
-  assert [r['row'] for r in rows] == ['dense', 'l1']
+  assert [r['row'] for r in rows] == ['dense', 'l1', 'cci']
   assert float(rows[1]['MACs reduction']) > 1.0
   first_json = (results / 'tiny.json').read_text()
   record = json.loads(first_json)['rows'][1]
@@ -248,7 +256,9 @@ def test_fine_tune_seeds_start_from_one_dense_run_and_results_come_as_rows_finis
           tables.Row('paired', 'p', 'x', 'configs/quickstart.py', start_from='ft',
                      seeds=2),
           tables.Row('after', 'a', 'x', 'configs/quickstart.py', start_from='ft',
-                     widths_from_start=True))
+                     widths_from_start=True),
+          tables.Row('cci', 'c', 'x', 'configs/quickstart_cci.py', start_from='dense',
+                     seeds=2))
   table = tables.Table('t', 't', '', rows, ())
   root, results = str(tmp_path / 'runs'), str(tmp_path / 'results')
   ran, reports = [], []
@@ -263,7 +273,10 @@ def test_fine_tune_seeds_start_from_one_dense_run_and_results_come_as_rows_finis
     workdir_lib.write_json(os.path.join(workdir, 'widths.json'), {'conv': seed + 2})
     return True, ''
 
-  def publish(workdir, destination):
+  kept_as = {}
+
+  def publish(workdir, destination, variables, packed):
+    kept_as[os.path.basename(destination)] = (variables, packed)
     shutil.copytree(workdir, destination, dirs_exist_ok=True)
 
   monkeypatch.setattr(reproduce, 'run_row', run_row)
@@ -271,20 +284,25 @@ def test_fine_tune_seeds_start_from_one_dense_run_and_results_come_as_rows_finis
   statuses = reproduce.run_table(table, 'cpu', 1, root, (), results=results,
                                  on_finished=reports.append)
   assert [(s['row'], s['seed']) for s in statuses] == [
-      ('dense', 0), ('ft', 0), ('paired', 0), ('after', 0), ('ft', 1), ('paired', 1),
-      ('ft', 2)]
+      ('dense', 0), ('ft', 0), ('paired', 0), ('after', 0), ('cci', 0), ('ft', 1),
+      ('paired', 1), ('cci', 1), ('ft', 2)]
   seed1 = os.path.join('seed1', 'ft')
   assert ran == [('dense', 0, '', []), ('ft', 0, 'cpu/dense', []),
                  ('paired', 0, 'cpu/ft', []), ('after', 0, 'cpu/ft', ['{"conv": 2}']),
-                 ('ft', 1, 'cpu/dense', []), ('paired', 1, f'cpu/{seed1}', []),
+                 ('cci', 0, 'cpu/dense', []), ('ft', 1, 'cpu/dense', []),
+                 ('paired', 1, f'cpu/{seed1}', []), ('cci', 1, 'cpu/dense', []),
                  ('ft', 2, 'cpu/dense', [])]
   # One report per finished pair; the pairs still to run are listed as pending.
-  assert len(reports) == 7
+  assert len(reports) == 9
   assert [(s['row'], s['seed'], s['status']) for s in reports[0]][:2] == [
       ('dense', 0, 'finished'), ('ft', 0, 'not run')]
   # Kept: seed 0 of every row and ft seed 1 (paired seed 1 starts from it), not seed 2.
   kept = sorted(os.listdir(os.path.join(results, reproduce.PUBLISHED_DIR, 'cpu')))
-  assert kept == ['after', 'dense', 'ft', 'ft.seed1', 'paired']
+  assert kept == ['after', 'cci', 'dense', 'ft', 'ft.seed1', 'paired']
+  # Variables where a row starts from it or it is not CCI; CCI seed 0 packed.
+  assert kept_as == {'dense': (True, False), 'ft': (True, False), 'paired': (True, False),
+                     'after': (True, False), 'cci': (False, True),
+                     'ft.seed1': (True, False)}
 
 
 def test_a_finished_workdir_of_another_config_runs_again_an_unfinished_one_resumes(
