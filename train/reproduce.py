@@ -309,17 +309,25 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
   def start_seed(row: tables.Row, seed: int) -> int:
     return seed if seed < row_seeds(rows[row.start_from], seeds) else 0
 
-  def keep(row: tables.Row, seed: int, workdir: str) -> None:
-    """Publishes seed 0 of every row (CCI packed) and every pair a row starts from."""
+  def keep(row: tables.Row, seed: int, workdir: str) -> str:
+    """Publishes seed 0 of every row (CCI packed) and every pair a row starts from;
+    returns why it could not ('' if it did or had not to)."""
     start = (row.name, seed) in starts
-    if results and (seed == 0 or start):
-      destination = published_dir(results, preset, row.name, seed)
-      summary = workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
-      if not published_current(destination, {'summary': summary}):
-        sparsity = workdir_lib.read_json(
-            os.path.join(workdir, workdir_lib.CONFIG_FILE))['sparsity']
-        cci = sparsity['method'] != 'none' and sparsity['pattern'] == 'cci'
-        publish(workdir, destination, variables=start or not cci, packed=cci and seed == 0)
+    if not results or not (seed == 0 or start):
+      return ''
+    destination = published_dir(results, preset, row.name, seed)
+    summary = workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
+    if published_current(destination, {'summary': summary}):
+      return ''
+    sparsity = workdir_lib.read_json(
+        os.path.join(workdir, workdir_lib.CONFIG_FILE))['sparsity']
+    cci = sparsity['method'] != 'none' and sparsity['pattern'] == 'cci'
+    try:
+      publish(workdir, destination, variables=start or not cci, packed=cci and seed == 0)
+    except (OSError, RuntimeError, ValueError) as e:  # The table goes on without it.
+      logging.error('%s seed %d: its model was not kept: %s', row.name, seed, e)
+      return f'model not kept in {destination}: {e}'
+    return ''
 
   def ensure(row: tables.Row, seed: int, need_start: bool) -> tuple[str, str, str]:
     """(status, detail, the folder rows starting from this pair read)."""
@@ -332,8 +340,7 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     done = finished(workdir) and workdir_config_matches(row, workdir, seed, overrides)
     if done and not outdated(row, seed, workdir_lib.read_json(
         os.path.join(workdir, 'summary.json')).get('revision', 'unknown')):
-      keep(row, seed, workdir)
-      return 'finished', '', workdir
+      return 'finished', keep(row, seed, workdir), workdir
     recorded = bool(record) and same_config(row, record, overrides)
     published = published_dir(results, preset, row.name, seed) if results else ''
     if recorded and not outdated(row, seed, record['revision']):
@@ -363,8 +370,7 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     if not ok:
       failed[(row.name, seed)] = detail
       return 'failed', detail, ''
-    keep(row, seed, workdir)
-    return 'finished', '', workdir
+    return 'finished', keep(row, seed, workdir), workdir
 
   def pending(row: tables.Row, seed: int) -> dict[str, Any]:
     record = prior.get((row.name, seed))
@@ -514,6 +520,10 @@ def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
     lines += ['', f'(stale): the run\'s code differs from revision {head[:12]}, which '
               'wrote this table; `--rerun=stale` runs it again:', '']
     lines += [f'- {r["row"]} (seed {r["seed"]}): {r["stale"]}' for r in stale]
+  unkept = [s for s in statuses if s['status'] == 'finished' and s['detail']]
+  if unkept:
+    lines += ['', 'Finished, with a problem:', '']
+    lines += [f'- {s["row"]} (seed {s["seed"]}): {s["detail"]}' for s in unkept]
   missing = [s for s in statuses if s['status'] not in ('finished', 'recorded')]
   if missing:
     lines += ['', 'Not finished:', '']

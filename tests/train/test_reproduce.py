@@ -349,3 +349,28 @@ def test_rows_recorded_by_another_table_of_the_preset_count_as_the_same_run(tmp_
   assert {k: v['from'] for k, v in prior.items()} == {
       ('dense', 0): 'mine', ('c2s2_2x', 0): 'other'}
   assert reproduce.previous_records(str(tmp_path / 'none'), 'mine', 'cpu') == {}
+
+
+def test_a_model_that_cannot_be_kept_is_reported_and_the_table_goes_on(tmp_path,
+                                                                       monkeypatch):
+  rows = (tables.Row('a', 'a', 'x', 'configs/quickstart.py'),
+          tables.Row('b', 'b', 'x', 'configs/quickstart.py'))
+  table = tables.Table('t', 't', '', rows, ())
+  root, results = str(tmp_path / 'runs'), str(tmp_path / 'results')
+
+  def run_row(args, workdir, log_path):
+    _finish(next(r for r in rows if r.name == os.path.basename(workdir)), workdir)
+    return True, ''
+
+  def publish(workdir, destination, variables, packed):
+    if os.path.basename(workdir) == 'a':
+      raise RuntimeError('Exporting a failed: see a.log.')
+    os.makedirs(destination)
+
+  monkeypatch.setattr(reproduce, 'run_row', run_row)
+  monkeypatch.setattr(reproduce, 'publish', publish)
+  statuses = reproduce.run_table(table, 'cpu', 1, root, (), results=results)
+  assert [(s['status'], s['detail'][:14]) for s in statuses] == [
+      ('finished', 'model not kept'), ('finished', '')]
+  text = reproduce.markdown(table, 'cpu', [], statuses, 1, 'head')
+  assert '- a (seed 0): model not kept in' in text and 'Exporting a failed' in text
