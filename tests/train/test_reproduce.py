@@ -374,3 +374,11 @@ def test_a_model_that_cannot_be_kept_is_reported_and_the_table_goes_on(tmp_path,
       ('finished', 'model not kept'), ('finished', '')]
   text = reproduce.markdown(table, 'cpu', [], statuses, 1, 'head')
   assert '- a (seed 0): model not kept in' in text and 'Exporting a failed' in text
+
+
+def test_the_shipped_models_stay_small():
+  """results/checkpoints travels with every clone: the issue caps it at 30 MB."""
+  folder = os.path.join(ROOT, 'results', reproduce.PUBLISHED_DIR)
+  size = sum(os.path.getsize(os.path.join(parent, name))
+             for parent, _, names in os.walk(folder) for name in names)
+  assert size < 30e6, f'{folder} holds {size / 1e6:.1f} MB'
