@@ -8,19 +8,27 @@ r"""Quickstart for segmentation: a U-Net on composed digits, dense, then C2S2 an
 Canvases of 32x32 pixels composed from scikit-learn's handwritten digits (nothing to
 download; train/seg_data.py): 11 classes (background and the ten digits), 1,000
 training canvases of which 200 are held out for C2S2's cost check, 200 test canvases.
-`c2s2` prunes the channels of the finished dense run in /tmp/quickstart_seg with the
-cost check on held-out mIoU (epsilon 0.02 = 2 mIoU points); `cci` trains 2 of 8 with the
-dynamic algorithm from scratch; `l1_filter` is the L1-norm filter-pruning baseline
-(30% of every prunable group) fine-tuning the dense run.
+Background covers ~89% of the pixels, so the loss weights it 0.1 (data.class_weights);
+the dense U-Net trains 24 epochs (1,200 steps of 16) at lr 0.1, cosine. `c2s2` prunes
+the channels of the finished dense run in /tmp/quickstart_seg with the cost check on
+held-out mIoU (epsilon 0.1 = 10 mIoU points, checked before the final fine-tune); `cci`
+trains 2 of 8 with the dynamic algorithm from scratch; `l1_filter` is the L1-norm
+filter-pruning baseline (30% of every prunable group). `c2s2` and `l1_filter` fine-tune
+6 epochs at lr 0.01.
 
-Expect (measured 2026-12-02 with the commands above, on the 2-core x86 CPU of this
-project's machines while other jobs loaded it to a load average of 11-16, so the times
-are upper bounds): dense test mIoU 0.115 (background IoU 0.966, the digit classes
-0.00-0.10: in 300 steps the U-Net separates ink from background but has barely
-started telling the digits apart), pixel accuracy 0.899, 25.3M MACs, 165 s for the whole
-command; `c2s2` mIoU 0.094 with 2.1M of 25.3M MACs and 3,090 of 117,579 parameters
-(units accepted at held-out mIoU 0.104, 0.108 and, after one restore, 0.095 against
-0.115), 208 s; `cci` mIoU 0.114 at density 0.253 (3.8x projected speedup), 201 s.
+Expect (measured 2026-12-02 by `python -m train.reproduce --table=segmentation_digits`,
+whose rows are these variants, on the 2-core x86 CPU of this project's machines while
+other jobs loaded it to a load average of ~9): dense test mIoU 0.799 (background IoU
+0.98, digits 0.75-0.82), pixel accuracy 0.975, 25.3M MACs, 200 s for the whole command
+(135 s at load average ~6; idle, the 1,200 steps run at ~240 canvases/s, about 100 s in
+all); `c2s2` mIoU 0.802 with 16.1M MACs and 80,604 of 117,579 parameters (units
+accepted at held-out mIoU 0.731, 0.757 and 0.784 against 0.799, after 1, 2 and 0
+restores), 380 s, most of it compiling the step of each of the 9 phases (~25 s each at
+that load; the phases' 450 steps and the 300 fine-tune steps take ~65 s), so likely
+over 3 minutes on an idle machine too (~4 if compiles speed up as the dense start-up
+does, 33 s loaded vs 20 s idle); `cci` mIoU
+0.670 at density 0.253 (3.8x projected speedup), 154 s; `l1_filter` mIoU 0.790 with
+13.6M MACs, 119 s.
 """
 
 from configs import base, baseline_schedules, c2s2_schedules, cci_schedules
