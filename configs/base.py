@@ -43,6 +43,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # crops of image_size pixels (joint scale-crop and flip; crop_padding does not apply).
   config.data.ignore_label = 255
   config.data.scale_range = (1.0, 1.0)
+  # Training-loss weight of each class (train/tasks.py), e.g. a background weight
+  # below 1 when it covers most pixels; () = all 1.
+  config.data.class_weights = ()
   config.data.canvases_train = 2000  # 'seg_digits': composed canvases per split...
   config.data.canvases_test = 500
   config.data.digits_per_canvas = 3  # ...with 1 to this many digits each...

@@ -249,7 +249,7 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
       original_widths=widths,
       units=[names[i:i + step] for i in range(0, len(names), step)],
       lambdas={n: cp.lambda_l1 * w for n, w in weights.items()},
-      task=tasks.Task(dataset.num_classes, dataset.ignore_label))
+      task=tasks.task_for(dataset, config.data.class_weights))
 
 
 def make_train_step(setup: Setup, model: Any, graph, phase: str, lambdas: dict[str, float]):

@@ -102,7 +102,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
       config=config, dataset=dataset, model=model, widths=widths,
       variables=variables, mesh=steps.make_mesh(), schedule=schedule, method=method,
       steps_per_epoch=per_epoch, total_steps=total,
-      task=tasks.Task(dataset.num_classes, dataset.ignore_label))
+      task=tasks.task_for(dataset, config.data.class_weights))
 
 
 def _init_variables(model: Any, image_shape: tuple[int, ...], seed: int) -> Any:

@@ -6,10 +6,16 @@ The jitted steps call `Task.loss`, `Task.accuracy` and `Task.eval_sums`; evaluat
 adds the sums over batches and `summarize` turns them into the reported metrics:
 top-1 (pixel accuracy for segmentation), mean loss, and for segmentation the
 intersection over union of every class and their mean (mIoU).
+
+`data.class_weights` weights the training loss per class (as PyTorch's
+`CrossEntropyLoss(weight=...)`: a weighted mean over the counted examples or pixels),
+for example down-weighting a background that covers most pixels; the evaluation
+metrics, the evaluation loss included, stay unweighted.
 """
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +30,7 @@ class Task:
   """Labels of `num_classes` classes; `ignore_label` set means per-pixel masks."""
   num_classes: int = 0  # Only segmentation needs it (the confusion matrix).
   ignore_label: int | None = None
+  class_weights: tuple[float, ...] = ()  # Training-loss weight per class; () = all 1.
 
   @property
   def segmentation(self) -> bool:
@@ -37,8 +44,11 @@ class Task:
     return jnp.where(valid, labels, 0), valid.astype(jnp.float32)
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean cross-entropy over the examples (over the counted pixels of the batch)."""
+    """Mean cross-entropy over the examples (over the counted pixels of the batch),
+    each weighted by its label's `class_weights` entry if they are set."""
     labels, weights = self._weights(labels)
+    if self.class_weights:
+      weights = weights * jnp.asarray(self.class_weights, jnp.float32)[labels]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
@@ -69,6 +79,21 @@ class Task:
 
 
 CLASSIFICATION = Task()
+
+
+def task_for(dataset: Any, class_weights: Sequence[float] = ()) -> Task:
+  """The task of a `train.data.ImageDataset`: classification, or segmentation if its
+  labels are masks; `class_weights` (config `data.class_weights`) checked against its
+  classes (ValueError naming the key)."""
+  weights = tuple(float(w) for w in class_weights)
+  if weights and (len(weights) != dataset.num_classes or min(weights) < 0
+                  or max(weights) <= 0):
+    raise ValueError(f'data.class_weights={weights}: needs one weight >= 0 per class '
+                     f'({dataset.num_classes}: {", ".join(dataset.class_names)}), '
+                     'not all 0')
+  if dataset.ignore_label is None:
+    return Task(class_weights=weights) if weights else CLASSIFICATION
+  return Task(dataset.num_classes, dataset.ignore_label, weights)
 
 
 def confusion_matrix(predictions: jax.Array, labels: jax.Array, weights: jax.Array,

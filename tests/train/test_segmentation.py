@@ -1,5 +1,6 @@
 """Segmentation: models through the channel graph, CCI's kernels, data sources, mIoU."""
 
+import dataclasses
 import itertools
 
 import hypothesis.extra.numpy as hnp
@@ -106,6 +107,45 @@ def test_miou_of_a_hand_computed_case():
   padded = task.eval_sums(jnp.concatenate([logits, logits]),
                           jnp.concatenate([labels, labels]), jnp.array([1.0, 0.0]))
   np.testing.assert_array_equal(padded['confusion'], sums['confusion'])
+
+
+def test_class_weights_make_the_loss_a_weighted_mean_of_a_hand_computed_case():
+  # Pixels (label; logits): a (0; [ln 3, 0]) b (1; [0, 0]) c (1; [0, ln 3]) d ignored.
+  labels = jnp.array([[[0, 1], [1, 9]]])
+  logits = jnp.log(jnp.array([[[[3.0, 1.0], [1.0, 1.0]], [[1.0, 3.0], [5.0, 1.0]]]]))
+  # Cross-entropies: a -ln(3/4), b -ln(1/2), c -ln(3/4); d counts nowhere.
+  ce_a, ce_b, ce_c = -np.log(0.75), -np.log(0.5), -np.log(0.75)
+  plain = tasks.Task(2, 9).loss(logits, labels)
+  assert plain == pytest.approx((ce_a + ce_b + ce_c) / 3, rel=1e-6)
+  weighted = tasks.Task(2, 9, (0.1, 1.0)).loss(logits, labels)
+  assert weighted == pytest.approx((0.1 * ce_a + ce_b + ce_c) / 2.1, rel=1e-6)
+  # Background weighted 0: the mean over the digit pixels only.
+  assert tasks.Task(2, 9, (0.0, 1.0)).loss(logits, labels) == pytest.approx(
+      (ce_b + ce_c) / 2, rel=1e-6)
+  # The evaluation loss and metrics stay unweighted.
+  sums = tasks.Task(2, 9, (0.1, 1.0)).eval_sums(logits, labels, jnp.ones(1))
+  assert sums['loss_sum'] / sums['count'] == pytest.approx(float(plain), rel=1e-6)
+  # Classification: one label per example, weighted the same way.
+  flat = tasks.Task(class_weights=(0.1, 1.0)).loss(logits[0, 0], labels[0, 0])
+  assert flat == pytest.approx((0.1 * ce_a + ce_b) / 1.1, rel=1e-6)
+
+
+@pytest.mark.parametrize('weights', [(1.0,), (1.0, -0.5, 1.0), (0.0, 0.0, 0.0)])
+def test_class_weights_that_do_not_fit_the_classes_name_the_key(weights):
+  dataset = data.ImageDataset(None, None, ('bg', 'a', 'b'), np.zeros(3), np.ones(3),
+                              ignore_label=255)
+  with pytest.raises(ValueError, match=r'data\.class_weights.*3: bg, a, b'):
+    tasks.task_for(dataset, weights)
+
+
+def test_task_for_reads_the_kind_of_labels_from_the_dataset():
+  segmentation = data.ImageDataset(None, None, ('bg', 'a'), np.zeros(3), np.ones(3),
+                                   ignore_label=255)
+  assert tasks.task_for(segmentation, [0.1, 1]) == tasks.Task(2, 255, (0.1, 1.0))
+  assert tasks.task_for(segmentation) == tasks.Task(2, 255)
+  classification = dataclasses.replace(segmentation, ignore_label=None)
+  assert tasks.task_for(classification) is tasks.CLASSIFICATION
+  assert tasks.task_for(classification, (2, 1)) == tasks.Task(class_weights=(2.0, 1.0))
 
 
 def test_a_class_absent_from_labels_and_predictions_has_no_iou():
