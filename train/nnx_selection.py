@@ -29,7 +29,7 @@ from flax import nnx
 
 import c2s2
 from c2s2 import selection, surgery
-from train import c2s2_driver, channel_baselines
+from train import channel_baselines, model_setup
 
 Batch = tuple[jax.Array, jax.Array]
 
@@ -278,7 +278,7 @@ def select_c2s2(model: nnx.Module, train_batches: Iterator[Batch],
   example = next(iter(held_out()))[0]
   selector = _Selector(model, train_batches, held_out, tx, options, example)
   _, sums, variables, graph = selector.views()
-  names = c2s2_driver.candidate_groups(graph, options, 'C2S2Options')
+  names = model_setup.candidate_groups(graph, options, 'C2S2Options')
   for name in names:
     if not surgery.foldable(variables['params'], graph.group(name)):
       raise ValueError(f'select_c2s2: group {name} has a site without a scale or kernel '
@@ -312,7 +312,7 @@ def prune_by_criterion(model: nnx.Module, example: jax.Array, method: str,
     raise ValueError(f'prune_by_criterion: method={method!r}; choose one of '
                      f'{channel_baselines.METHODS}.')
   graph = c2s2.nnx.trace_channel_graph(model, example)
-  names = c2s2_driver.candidate_groups(graph, types.SimpleNamespace(
+  names = model_setup.candidate_groups(graph, types.SimpleNamespace(
       include=include, exclude=exclude, prune_residual_stream=prune_residual_stream),
       'prune_by_criterion')
   params = c2s2.nnx.variables_of(model)['params']

@@ -12,8 +12,6 @@ from cci import efficiency
 from train import models, timing
 from train.models import stats
 
-LAYERS_FILE = 'layers.json'
-EFFICIENCY_FILE = 'efficiency.json'
 
 
 def kernel_masks(params: Any, opt_state: Any,

@@ -39,7 +39,7 @@ from typing import Any
 from absl import app, flags, logging
 import ml_collections
 
-from train import provenance, tables
+from train import provenance, saved_config, tables
 from train import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,7 +178,7 @@ def same_config(row: tables.Row, record: dict[str, Any], overrides: Sequence[str
   expected = row_config(row, overrides).to_dict()
   expected['seed'] = record['seed']
   ignored = {'init_from', *(kv.split('=', 1)[0] for kv in overrides)}
-  return not [k for k in workdir_lib.config_differences(record['config'], expected)
+  return not [k for k in saved_config.config_differences(record['config'], expected)
               if k not in ignored]
 
 

@@ -110,6 +110,8 @@ def make_train_step(model: nn.Module, method: Method, schedule: optax.Schedule,
         'grad_norm': grad_norm,
         'learning_rate': schedule(state.step),
     }
+    if method.metrics is not None:
+      metrics.update(method.metrics(new_state.params, new_state.opt_state))
     return new_state, metrics
 
   rep, data = replicated(mesh), data_sharded(mesh)
