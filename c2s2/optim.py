@@ -4,7 +4,10 @@ During the selection of a unit the trainable parameters are the model's, plus th
 pruning-layer scales of the unit's groups under `SCALES_KEY`. `selection_optimizer`
 partitions them with `optax.multi_transform`: the weights follow the ordinary
 optimiser, the scales `pruning_layer_optimizer`, whose state carries phase 1's
-importance sums and phase 2's binary masks. `forward_params` folds the scales (and
+importance sums and phase 2's binary masks. Phase 1's proximal step on
+`loss + lambda * |scale|` is that transformation's gradient step followed by
+`proximal_l1`, the L1 proximal operator applied to the updated parameters (the two
+make `selection.proximal_sgd_step` bit for bit). `forward_params` folds the scales (and
 masks) into the parameters of their sites, so the model itself never changes.
 """
 
@@ -38,10 +41,11 @@ class PruningLayerState(NamedTuple):
 def pruning_layer_optimizer(phase: str, scale_learning_rate: float,
                             weight_learning_rate: float,
                             lambdas: Mapping[str, float]) -> optax.GradientTransformation:
-  """The scales' optimiser: phase 1 the L1 proximal step (importance summed), phase 2
-  plain SGD at `weight_learning_rate` (pruned scales get no gradient through the fixed
-  mask and stay 0). It updates the `SCALES_KEY` entry of the parameters and leaves
-  the others' (masked by `selection_optimizer`) as they come.
+  """The scales' optimiser: SGD at `scale_learning_rate` in phase 1 (whose
+  `proximal_l1` result it adds to the importance), at `weight_learning_rate` in phase
+  2 (pruned scales get no gradient through the fixed mask and stay 0). It updates the
+  `SCALES_KEY` entry of the parameters and leaves the others' (masked by
+  `selection_optimizer`) as they come.
 
   Args:
     phase: 'phase1' or 'phase2'; the state has the same shape in both.
@@ -61,17 +65,29 @@ def pruning_layer_optimizer(phase: str, scale_learning_rate: float,
     if params is None:
       raise ValueError('pruning_layer_optimizer needs the parameters in update().')
     scales, grads = params[SCALES_KEY], updates[SCALES_KEY]
-    if phase == 'phase2':
-      steps = {n: -weight_learning_rate * g for n, g in grads.items()}
-    else:
-      new = {n: selection.proximal_sgd_step(s, grads[n], scale_learning_rate, lambdas[n])
-             for n, s in scales.items()}
-      steps = {n: new[n] - scales[n] for n in new}
+    rate = weight_learning_rate if phase == 'phase2' else scale_learning_rate
+    steps = {n: -rate * g for n, g in grads.items()}
+    if phase == 'phase1':
+      new = proximal_l1(scale_learning_rate, lambdas)(
+          {SCALES_KEY: optax.apply_updates(scales, steps)})[SCALES_KEY]
       state = PruningLayerState({n: state.importance[n] + jnp.abs(new[n]) for n in new},
                                 state.masks)
     return {**updates, SCALES_KEY: steps}, state
 
   return optax.GradientTransformation(init, update)
+
+
+def proximal_l1(scale_learning_rate: float, lambdas: Mapping[str, float]
+                ) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+  """The proximal operator of `scale_learning_rate * lambda * |scale|` on the scales
+  of parameters just updated by a gradient step (phase 1's)."""
+
+  def project(params):
+    return {**params, SCALES_KEY: {
+        n: selection.soft_threshold(s, scale_learning_rate * lambdas[n])
+        for n, s in params[SCALES_KEY].items()}}
+
+  return project
 
 
 def frozen(tx: optax.GradientTransformation) -> optax.GradientTransformation:

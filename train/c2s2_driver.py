@@ -90,8 +90,10 @@ def selection_method(setup: Setup, graph, phase: str,
   tx = c2s2_optim.selection_optimizer(
       setup.tx, phase, cp.scale_learning_rate, cp.weight_learning_rate, lambdas,
       train_weights=phase == 'phase2' or cp.train_weights_in_phase1)
+  project = (c2s2_optim.proximal_l1(cp.scale_learning_rate, lambdas)
+             if phase == 'phase1' else None)
   return methods.Method(tx, c2s2_optim.forward_params(graph, binary=phase == 'phase2'),
-                        metrics=c2s2_optim.kept_fraction)
+                        metrics=c2s2_optim.kept_fraction, project=project)
 
 
 def make_train_step(setup: Setup, model, graph, phase: str, lambdas: dict[str, float]):

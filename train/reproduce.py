@@ -25,6 +25,7 @@ marker per method) are written.
 
 import csv
 import importlib
+import io
 import importlib.util
 import json
 import os
@@ -60,7 +61,6 @@ _RERUN = flags.DEFINE_enum(
     'rerun', 'none', RERUN_CHOICES := ('none', 'stale', 'all'),
     'none: keep finished and recorded rows; stale: run again the rows whose revision '
     'differs from HEAD in the code that produces results; all: run every row again.')
-ATTEMPTS_FILE = 'reproduce_attempts.json'
 
 
 def load_table(name: str, preset: str) -> tables.Table:
@@ -121,7 +121,7 @@ def command(row: tables.Row, workdir: str, seed: int, init_from: str,
 
 
 def finished(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, 'summary.json'))
+  return os.path.exists(os.path.join(workdir, workdir_lib.SUMMARY_FILE))
 
 
 def needs_rerun(rerun: str, revision: str) -> bool:
@@ -152,7 +152,7 @@ def run_row(args: list[str], workdir: str, log_path: str) -> tuple[bool, str]:
       code = subprocess.run(args, cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT).returncode
   finally:
-    attempts_path = os.path.join(workdir, ATTEMPTS_FILE)
+    attempts_path = os.path.join(workdir, workdir_lib.ATTEMPTS_FILE)
     if os.path.isdir(workdir):
       attempts = (workdir_lib.read_json(attempts_path) if os.path.exists(attempts_path)
                   else [])
@@ -208,7 +208,7 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
         return 'failed', failed[row.name]
       done = finished(workdir)
       if done and not outdated(row, workdir_lib.read_json(
-          os.path.join(workdir, 'summary.json')).get('revision', 'unknown')):
+          os.path.join(workdir, workdir_lib.SUMMARY_FILE)).get('revision', 'unknown')):
         return 'finished', ''
       record = prior.get((row.name, seed))
       recorded = bool(record) and same_config(row, record, overrides)
@@ -281,8 +281,8 @@ def records(table: tables.Table, statuses: list[dict[str, Any]],
     if status['status'] != 'finished':
       continue
     workdir = status['workdir']
-    summary = workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
-    attempts_path = os.path.join(workdir, ATTEMPTS_FILE)
+    summary = workdir_lib.read_json(os.path.join(workdir, workdir_lib.SUMMARY_FILE))
+    attempts_path = os.path.join(workdir, workdir_lib.ATTEMPTS_FILE)
     attempts = workdir_lib.read_json(attempts_path) if os.path.exists(attempts_path) else []
     row = rows[status['row']]
     decisions_path = os.path.join(workdir, workdir_lib.DECISIONS_FILE)
@@ -293,7 +293,7 @@ def records(table: tables.Table, statuses: list[dict[str, Any]],
         'hardware': summary.get('hardware', {'platform': summary.get('platform')}),
         'wall_time_s': wall_time(attempts, summary),
         'config': workdir_lib.read_json(os.path.join(workdir, workdir_lib.CONFIG_FILE)),
-        'widths': workdir_lib.read_json(os.path.join(workdir, 'widths.json')),
+        'widths': workdir_lib.read_json(os.path.join(workdir, workdir_lib.WIDTHS_FILE)),
         'summary': summary,
         **({'cost_check': workdir_lib.read_jsonl(decisions_path)}
            if os.path.exists(decisions_path) else {}),
@@ -382,15 +382,15 @@ def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
 
 
 def write_csv(path: str, table: tables.Table, recs: list[dict[str, Any]]) -> None:
-  with open(path + '.tmp', 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['row', 'label', 'method', 'seed', *[c.header for c in table.columns],
-                     'revision', 'hardware', 'workdir'])
-    for r in recs:
-      writer.writerow([r['row'], r['label'], r['method'], r['seed'],
-                       *[c.value(r) for c in table.columns], r['revision'],
-                       json.dumps(r['hardware'], sort_keys=True), r['workdir']])
-  os.replace(path + '.tmp', path)
+  text = io.StringIO(newline='')
+  writer = csv.writer(text)
+  writer.writerow(['row', 'label', 'method', 'seed', *[c.header for c in table.columns],
+                   'revision', 'hardware', 'workdir'])
+  for r in recs:
+    writer.writerow([r['row'], r['label'], r['method'], r['seed'],
+                     *[c.value(r) for c in table.columns], r['revision'],
+                     json.dumps(r['hardware'], sort_keys=True), r['workdir']])
+  workdir_lib.write_atomically(path, lambda f: f.write(text.getvalue()), 'w', newline='')
 
 
 def plot(path: str, table: tables.Table, recs: list[dict[str, Any]]) -> None:
@@ -411,9 +411,9 @@ def plot(path: str, table: tables.Table, recs: list[dict[str, Any]]) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path + '.tmp.png', dpi=120)
+  workdir_lib.write_atomically(path, lambda f: fig.savefig(f, format='png', dpi=120),
+                               'wb')
   plt.close(fig)
-  os.replace(path + '.tmp.png', path)
 
 
 def write_results(table: tables.Table, preset: str, recs: list[dict[str, Any]],
@@ -426,9 +426,8 @@ def write_results(table: tables.Table, preset: str, recs: list[dict[str, Any]],
   write_csv(base + '.csv', table, recs)
   if recs:
     plot(base + '.png', table, recs)
-  with open(base + '.md.tmp', 'w') as f:
-    f.write(markdown(table, preset, recs, statuses, seeds, provenance.revision()))
-  os.replace(base + '.md.tmp', base + '.md')
+  workdir_lib.write_text(base + '.md', markdown(table, preset, recs, statuses, seeds,
+                                                provenance.revision()))
   return base + '.md'
 
 

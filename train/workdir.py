@@ -26,6 +26,7 @@ DECISIONS_FILE = 'c2s2.jsonl'  # C2S2's cost-check decisions, one JSON object a 
 WIDTHS_FILE = 'widths.json'  # The model's widths (a compact model's after selection).
 LAYERS_FILE = 'layers.json'  # CCI's per-layer sparsity table.
 EFFICIENCY_FILE = 'efficiency.json'
+ATTEMPTS_FILE = 'reproduce_attempts.json'  # train.reproduce: each attempt's wall time.
 RUN_DIRS = (CHECKPOINT_DIR, SELECTION_DIR, DAMAGED_DIR)
 RUN_FILES = (METRICS_FILE, SUMMARY_FILE, EVAL_FILE, DECISIONS_FILE, WIDTHS_FILE,
              LAYERS_FILE, EFFICIENCY_FILE)
@@ -70,18 +71,19 @@ def read_record(path: str) -> Any:
     return None
 
 
-def write_atomically(path: str, write: Callable[[IO], None], mode: str = 'w') -> None:
+def write_atomically(path: str, write: Callable[[IO], Any], mode: str = 'w',
+                     **open_options: Any) -> None:
   """Calls `write` on a temporary file beside `path`, then renames it to `path`: a
   reader never sees half a file, and a failure leaves the previous file intact.
 
   Raises:
     errors.DiskFullError: no space left (names `path`).
   """
-  tmp = path + '.tmp'
+  tmp = f'{path}.{os.getpid()}.tmp'  # Two processes writing one file do not collide.
   try:
     with errors.naming_full_disk(path):
       errors.fail_if_disk_full_simulated(path)
-      with open(tmp, mode) as f:
+      with open(tmp, mode, **open_options) as f:
         write(f)
       os.replace(tmp, path)
   finally:
