@@ -10,7 +10,7 @@ import pytest
 from c2s2 import optim as c2s2_optim
 from configs import c2s2_schedules
 from tests.train.test_loop import tiny_config
-from train import c2s2_driver, dispatch, loop, saved_config
+from train import c2s2_driver, checkpoints, dispatch, errors, loop, saved_config
 from train import workdir as workdir_lib
 
 
@@ -239,3 +239,58 @@ def test_selection_resumes_inside_a_phase_to_identical_results(dense_workdir, fi
   jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
   with open(os.path.join(straight, 'summary.json')) as f:
     assert json.load(f)['top1'] == summary['top1']
+
+
+def metric_lines(workdir, split):
+  return [r for r in workdir_lib.read_jsonl(os.path.join(workdir, workdir_lib.METRICS_FILE))
+          if r['split'] == split]
+
+
+def test_selection_logs_metrics_and_tensorboard_like_training(finished):
+  workdir, _ = finished
+  lines = metric_lines(workdir, 'selection')
+  assert lines and all({'loss', 'accuracy', 'grad_norm', 'learning_rate', 'kept_fraction',
+                        'images_per_s'} <= r.keys() for r in lines)
+  assert all(np.isfinite(r['grad_norm']) and r['grad_norm'] > 0 for r in lines)
+  assert [r['step'] for r in lines] == sorted({r['step'] for r in lines})
+  log = decisions(workdir)
+  assert lines[-1]['step'] == log[-1]['step']  # Every phase logs its last step.
+  # The reference, then every cost check, at the step it was made.
+  held_out = metric_lines(workdir, 'held_out')
+  assert [r['step'] for r in held_out] == [0] + [d['step'] for d in log]
+  assert [r['top1'] for r in held_out[1:]] == [d['cost']['top1'] for d in log]
+  assert held_out[0]['top1'] == log[0]['reference']['top1']
+  # The fine-tune's own lines follow, counted from its step 0.
+  assert metric_lines(workdir, 'train') and metric_lines(workdir, 'test')
+  events = b''.join(open(os.path.join(root, name), 'rb').read()
+                    for root, _, names in os.walk(os.path.join(workdir, 'tensorboard'))
+                    for name in names)
+  assert b'selection/grad_norm' in events and b'held_out/top1' in events
+
+
+def test_resumed_selection_logs_each_step_once(dense_workdir, finished, tmp_path):
+  straight, interrupted = finished[0], str(tmp_path / 'interrupted')
+  config = c2s2_config(dense_workdir)
+  assert dispatch.train_and_evaluate(config, interrupted, stop_at_step=17) == {}
+  logged = [r['step'] for r in metric_lines(interrupted, 'selection')]
+  assert logged and max(logged) == 16  # Logged every 2 steps.
+  dispatch.train_and_evaluate(config, interrupted)
+  for split in ('selection', 'held_out'):
+    assert ([r['step'] for r in metric_lines(interrupted, split)] ==
+            [r['step'] for r in metric_lines(straight, split)]), split
+  assert metric_lines(interrupted, 'held_out') == metric_lines(straight, 'held_out')
+
+
+def test_a_selection_checkpoint_of_an_older_revision_is_refused_by_name(dense_workdir,
+                                                                        tmp_path):
+  config, workdir = c2s2_config(dense_workdir), str(tmp_path)
+  saved_config.prepare(workdir, config, overwrite=False)
+  old = checkpoints.Checkpointer(os.path.join(workdir, 'selection', 'checkpoints'), 1)
+  old.save(3, {'step': np.int32(3), 'scales': {}}, {'unit': 0, 'phase': 'phase1'})
+  old.wait()
+  old.close()
+  path = os.path.join(workdir, 'selection', 'checkpoints', '3')
+  with pytest.raises(errors.UserError, match=f'{path} is a C2S2 selection checkpoint of '
+                     'an older revision.*Delete'):
+    dispatch.train_and_evaluate(config, workdir)
+  assert os.path.isdir(path)  # Refused, not deleted.
