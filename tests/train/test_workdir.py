@@ -1,7 +1,6 @@
 """The workdir guard and JSON helpers."""
 
 import errno
-import json
 import os
 
 import pytest
@@ -86,8 +85,7 @@ def test_a_damaged_record_is_moved_aside_and_read_as_missing(tmp_path):
   assert (tmp_path / 'damaged' / 'summary.json').read_bytes() == b'{"top1": \xff'
 
 
-def half_written_then_full(value, f, **kwargs):
-  del value, kwargs
+def half_written_then_full(f):
   f.write('{"top1": 0.')
   f.flush()
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -97,11 +95,11 @@ def half_written_then_full(value, f, **kwargs):
 def test_a_full_disk_keeps_the_previous_file_and_names_it(tmp_path, monkeypatch, how):
   path = tmp_path / 'summary.json'
   workdir_lib.write_json(str(path), {'top1': 0.5})
-  if how == 'test_hook':
-    monkeypatch.setenv(errors.FULL_DISK_ENV, str(path))
-  else:
-    monkeypatch.setattr(json, 'dump', half_written_then_full)
   with pytest.raises(errors.DiskFullError, match=f'writing {path};'):
-    workdir_lib.write_json(str(path), {'top1': 0.9})
+    if how == 'test_hook':
+      monkeypatch.setenv(errors.FULL_DISK_ENV, str(path))
+      workdir_lib.write_json(str(path), {'top1': 0.9})
+    else:  # Every atomic write goes through write_atomically.
+      workdir_lib.write_atomically(str(path), half_written_then_full)
   assert workdir_lib.read_json(str(path)) == {'top1': 0.5}
   assert os.listdir(tmp_path) == ['summary.json']  # No half-written temporary file.
