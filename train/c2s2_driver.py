@@ -6,9 +6,10 @@ the unit's pruning scales with the L1 proximal step, binarisation fixes the mask
 fine-tunes, the cost check compares the held-out `cost_metric` (top-1, or mIoU for
 segmentation) with the pre-trained reference and restores channels (or halves lambda
 and redoes phase 1), and surgery removes the pruned channels. Each phase is a method
-(`c2s2.optim`: the scales are trainable parameters, the proximal step an optax
-transformation, the scales folded in the forward pass) that the ordinary train step
-(`train.steps`) and inner loop (`train.runner`) run, so selection logs its progress,
+(`c2s2_setup.selection_method`, `c2s2.optim`: the scales are trainable parameters, the
+proximal step an optax transformation and a projection, the scales folded in the
+forward pass) that the ordinary train step (`train.steps`) and inner loop
+(`train.runner`) run, so selection logs its progress,
 metrics.jsonl (splits 'selection' and 'held_out') and TensorBoard like training.
 Everything else lives in `workdir/selection/`: orbax checkpoints whose JSON record holds
 the typed `Position`, so a killed run resumes inside a phase. The compact model then
@@ -28,14 +29,13 @@ from absl import logging
 
 from c2s2 import optim as c2s2_optim
 from c2s2 import selection, surgery
-from train import (checkpoints, data, errors, experiment, methods, metrics, model_setup,
+from train import (c2s2_setup, checkpoints, data, errors, experiment, metrics, model_setup,
                    models, runner, steps)
 from train import workdir as workdir_lib
-from train.c2s2_setup import Setup, make_setup
+from train.c2s2_setup import SCALES_KEY, Setup, make_setup
 from train.state import TrainState
 
 POSITION_VERSION = 2  # 1: the untyped `pos` dict beside a SelectionState (refused).
-SCALES_KEY = c2s2_optim.SCALES_KEY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,47 +83,9 @@ class Position:
     return cls(**{k: v for k, v in record.items() if k in fields})
 
 
-def selection_method(setup: Setup, graph, phase: str,
-                     lambdas: dict[str, float]) -> methods.Method:
-  """Phase `phase` of the unit whose scales the state holds, as a training method."""
-  cp = setup.config.channel_pruning
-  tx = c2s2_optim.selection_optimizer(
-      setup.tx, phase, cp.scale_learning_rate, cp.weight_learning_rate, lambdas,
-      train_weights=phase == 'phase2' or cp.train_weights_in_phase1)
-  project = (c2s2_optim.proximal_l1(cp.scale_learning_rate, lambdas)
-             if phase == 'phase1' else None)
-  return methods.Method(tx, c2s2_optim.forward_params(graph, binary=phase == 'phase2'),
-                        metrics=c2s2_optim.kept_fraction, project=project)
-
-
-def make_train_step(setup: Setup, model, graph, phase: str, lambdas: dict[str, float]):
-  """The jitted train step (`train.steps`) of `phase`."""
-  return steps.make_train_step(model, selection_method(setup, graph, phase, lambdas),
-                               setup.schedule, setup.dataset.mean, setup.dataset.std,
-                               setup.mesh, setup.task)
-
-
-def initial_state(setup: Setup, graph, variables: Any) -> TrainState:
-  """The selection's train state: the model's parameters and no pruning layer."""
-  return TrainState.create(
-      {**variables, 'params': {**variables['params'], SCALES_KEY: {}}},
-      selection_method(setup, graph, 'phase1', {}).tx)
-
-
-def with_unit(state: TrainState, graph, unit: list[str]) -> TrainState:
-  """`state` with fresh pruning layers (scale 1) for the groups of `unit`."""
-  params, opt_state = c2s2_optim.with_unit(
-      state.params, state.opt_state, {n: graph.group(n).size for n in unit})
-  return state.replace(params=params, opt_state=opt_state)
-
-
-def model_params(state: TrainState) -> dict[str, Any]:
-  return {k: v for k, v in state.params.items() if k != SCALES_KEY}
-
-
 def operate(state: TrainState, graph, masks: dict[str, np.ndarray]) -> TrainState:
   """Surgery: folds the unit's scales, removes its pruned channels, drops its layers."""
-  params, scales = model_params(state), state.params[SCALES_KEY]
+  params, scales = c2s2_setup.model_params(state), state.params[SCALES_KEY]
   folded = params
   for name, mask in masks.items():
     folded = surgery.fold_scale(folded, graph.group(name), scales[name] * mask)
@@ -170,9 +132,9 @@ class Driver:
     variables = model_setup.abstract_variables(model, self.setup.dataset.image_shape)
 
     def make():
-      state = initial_state(self.setup, graph, variables)
+      state = c2s2_setup.initial_state(self.setup, graph, variables)
       if pos.unit < len(self.setup.units) and pos.phase in c2s2_optim.PHASES:
-        state = with_unit(state, graph, self.setup.units[pos.unit])
+        state = c2s2_setup.with_unit(state, graph, self.setup.units[pos.unit])
       return state
 
     return checkpoints.abstract_like(jax.eval_shape(make),
@@ -184,7 +146,8 @@ class Driver:
     variables = checkpoints.load_variables(
         self.config.init_from,
         model_setup.abstract_variables(model, self.setup.dataset.image_shape))
-    state = steps.replicate(initial_state(self.setup, graph, variables), self.setup.mesh)
+    state = steps.replicate(c2s2_setup.initial_state(self.setup, graph, variables),
+                            self.setup.mesh)
     reference = self._evaluate(model, graph, state)
     logging.info('C2S2: pre-trained held-out %s %.4f, loss %.4f (reference).',
                  self.cp.cost_metric, reference[self.cp.cost_metric], reference['loss'])
@@ -204,7 +167,8 @@ class Driver:
 
   def _evaluate(self, model, graph, state: TrainState) -> dict[str, Any]:
     """Held-out metrics of the model with the unit's pruning layers (binary)."""
-    eval_step = steps.make_eval_step(model, selection_method(self.setup, graph, 'phase2', {}),
+    method = c2s2_setup.selection_method(self.setup, graph, 'phase2', {})
+    eval_step = steps.make_eval_step(model, method,
                                      self.setup.dataset.mean, self.setup.dataset.std,
                                      self.setup.mesh, self.setup.task)
     result = experiment.evaluate_source(
@@ -258,7 +222,8 @@ class Driver:
       if self.unit_start.latest_step() != int(state.step):
         self.unit_start.save(int(state.step), state, pos.record())
         self.unit_start.wait()
-      state = steps.replicate(with_unit(state, graph, units[pos.unit]), self.setup.mesh)
+      state = steps.replicate(c2s2_setup.with_unit(state, graph, units[pos.unit]),
+                              self.setup.mesh)
       pos = dataclasses.replace(pos, phase='phase1', phase_start=int(state.step), retry=0)
       self._save(pos, state)
       return pos, state
@@ -286,7 +251,7 @@ class Driver:
     config, setup = self.config, self.setup
     end = pos.phase_start + setup.phase_steps[pos.phase]
     lambdas = {n: pos.lambdas[n] for n in state.params[SCALES_KEY]}
-    step_fn = make_train_step(setup, model, graph, pos.phase, lambdas)
+    step_fn = c2s2_setup.make_train_step(setup, model, graph, pos.phase, lambdas)
     report = runner.Reporting(
         checkpointer=self.ckpt, writer=self.writer, meta=pos.record,
         batch_size=config.batch_size, log_every=config.log_every_steps,
@@ -349,7 +314,7 @@ class Driver:
                                 decisions=decisions)
     elif action == 'halve_lambda':
       state = steps.replicate(
-          with_unit(self._unit_start_state(pos, state), graph, list(masks)),
+          c2s2_setup.with_unit(self._unit_start_state(pos, state), graph, list(masks)),
           self.setup.mesh)
       pos = dataclasses.replace(
           pos, phase='phase1', phase_start=int(state.step), retry=pos.retry + 1,
@@ -361,7 +326,7 @@ class Driver:
       else:
         state = steps.replicate(operate(jax.device_get(state), graph, masks),
                                 self.setup.mesh)
-      widths = models.kernel_widths(model_params(state), pos.widths)
+      widths = models.kernel_widths(c2s2_setup.model_params(state), pos.widths)
       record['macs_ratio'] = self._macs_ratio(widths)
       # Saved by the next unit's start, at this same step.
       return dataclasses.replace(pos, unit=pos.unit + 1, phase='start', retry=0,

@@ -1,4 +1,4 @@
-"""What C2S2's selection derives once from the config, with every check before training.
+"""What C2S2's selection derives once from the config, and each phase as a training method.
 
 `make_setup` validates `config.channel_pruning`, traces the channel graph, picks the
 candidate groups (`model_setup.candidate_groups`), checks that `target_macs_ratio` can be
@@ -7,15 +7,20 @@ met and weighs each group's lambda by its MACs per channel.
 
 import dataclasses
 import os
+from typing import Any
 
 import jax
 import ml_collections
 import optax
 from absl import logging
 
+from c2s2 import optim as c2s2_optim
 from c2s2 import selection, surgery
-from train import data, experiment, model_setup, optim, steps, tasks
+from train import data, experiment, methods, model_setup, optim, steps, tasks
 from train import workdir as workdir_lib
+from train.state import TrainState
+
+SCALES_KEY = c2s2_optim.SCALES_KEY
 
 
 @dataclasses.dataclass
@@ -137,3 +142,41 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
       units=selection.units(names, cp.layers_per_step),
       lambdas={n: cp.lambda_l1 * w for n, w in weights.items()},
       task=tasks.Task(dataset.num_classes, dataset.ignore_label))
+
+
+def selection_method(setup: Setup, graph, phase: str,
+                     lambdas: dict[str, float]) -> methods.Method:
+  """Phase `phase` of the unit whose scales the state holds, as a training method."""
+  cp = setup.config.channel_pruning
+  tx = c2s2_optim.selection_optimizer(
+      setup.tx, phase, cp.scale_learning_rate, cp.weight_learning_rate, lambdas,
+      train_weights=phase == 'phase2' or cp.train_weights_in_phase1)
+  project = (c2s2_optim.proximal_l1(cp.scale_learning_rate, lambdas)
+             if phase == 'phase1' else None)
+  return methods.Method(tx, c2s2_optim.forward_params(graph, binary=phase == 'phase2'),
+                        metrics=c2s2_optim.kept_fraction, project=project)
+
+
+def make_train_step(setup: Setup, model, graph, phase: str, lambdas: dict[str, float]):
+  """The jitted train step (`train.steps`) of `phase`."""
+  return steps.make_train_step(model, selection_method(setup, graph, phase, lambdas),
+                               setup.schedule, setup.dataset.mean, setup.dataset.std,
+                               setup.mesh, setup.task)
+
+
+def initial_state(setup: Setup, graph, variables: Any) -> TrainState:
+  """The selection's train state: the model's parameters and no pruning layer."""
+  return TrainState.create(
+      {**variables, 'params': {**variables['params'], SCALES_KEY: {}}},
+      selection_method(setup, graph, 'phase1', {}).tx)
+
+
+def with_unit(state: TrainState, graph, unit: list[str]) -> TrainState:
+  """`state` with fresh pruning layers (scale 1) for the groups of `unit`."""
+  params, opt_state = c2s2_optim.with_unit(
+      state.params, state.opt_state, {n: graph.group(n).size for n in unit})
+  return state.replace(params=params, opt_state=opt_state)
+
+
+def model_params(state: TrainState) -> dict[str, Any]:
+  return {k: v for k, v in state.params.items() if k != SCALES_KEY}

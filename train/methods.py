@@ -1,9 +1,10 @@
 """From config to method: what a pruning method changes in the optimiser and forward pass.
 
-The steps stay method-agnostic: they train with `Method.tx`, compute the forward pass on
-`Method.forward_params(params, opt_state)`, apply `Method.project` to the parameters
-after each update and add `Method.metrics(params, opt_state)` to each step's metrics. CCI's method is built here; C2S2's selection builds one per
-phase (`train.c2s2_driver`).
+The steps stay method-agnostic: they train with `Method.tx`, compute the forward pass
+on `Method.forward_params(params, opt_state)`, apply `Method.project` to the parameters
+after each update and add `Method.metrics(params, opt_state)` to each step's metrics.
+CCI's method is built here; C2S2's selection builds one per phase
+(`train.c2s2_setup.selection_method`).
 """
 
 import dataclasses

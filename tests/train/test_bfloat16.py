@@ -17,8 +17,7 @@ import pytest
 from tests.c2s2.test_surgery import _compact, _masked_logits, _random_pruning, _setup
 from tests.train.test_c2s2_driver import c2s2_config, decisions
 from tests.train.test_channel_baselines import baseline_config
-from train import (c2s2_driver, c2s2_setup, checkpoints, data, dispatch, loop,
-                   model_setup, steps)
+from train import c2s2_setup, checkpoints, data, dispatch, loop, model_setup, steps
 
 
 @pytest.mark.parametrize('shortcut, streams', [
@@ -57,15 +56,15 @@ def phase1_scales(dense_workdir, dtype):
   graph = model_setup.trace_graph(model, setup.dataset.image_shape)
   variables = checkpoints.load_variables(
       dense_workdir, model_setup.abstract_variables(model, setup.dataset.image_shape))
-  state = steps.replicate(c2s2_driver.initial_state(setup, graph, variables), setup.mesh)
-  state = c2s2_driver.with_unit(state, graph, setup.units[0])
-  step = c2s2_driver.make_train_step(setup, model, graph, 'phase1', setup.lambdas)
+  state = steps.replicate(c2s2_setup.initial_state(setup, graph, variables), setup.mesh)
+  state = c2s2_setup.with_unit(state, graph, setup.units[0])
+  step = c2s2_setup.make_train_step(setup, model, graph, 'phase1', setup.lambdas)
   batches = data.train_batches(setup.dataset.train, batch_size=config.batch_size,
                                seed=0, start_step=0, crop_padding=1, flip=True)
   for _ in range(5):
     state, values = step(state, steps.to_global(next(batches), setup.mesh))
   batches.close()
-  return (state.params[c2s2_driver.SCALES_KEY][setup.units[0][0]],
+  return (state.params[c2s2_setup.SCALES_KEY][setup.units[0][0]],
           float(values['loss']))
 
 

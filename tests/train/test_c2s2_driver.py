@@ -10,7 +10,8 @@ import pytest
 from c2s2 import optim as c2s2_optim
 from configs import c2s2_schedules
 from tests.train.test_loop import tiny_config
-from train import c2s2_driver, checkpoints, dispatch, errors, loop, saved_config
+from train import (c2s2_driver, c2s2_setup, checkpoints, dispatch, errors, loop,
+                   saved_config)
 from train import workdir as workdir_lib
 
 
@@ -79,7 +80,7 @@ def selection_checkpoint(config, workdir, step):
 
 
 def scales_of(state):
-  return state.params[c2s2_driver.SCALES_KEY]
+  return state.params[c2s2_setup.SCALES_KEY]
 
 
 def layers_of(state):
@@ -139,7 +140,7 @@ def test_give_up_returns_each_unit_to_its_start(dense_workdir, over_budget_runs)
   final = log[-1]['step']
   state, pos = selection_checkpoint(config, workdir, final)
   assert pos.finished
-  assert_trees_equal({'params': c2s2_driver.model_params(state),
+  assert_trees_equal({'params': c2s2_setup.model_params(state),
                       'batch_stats': state.batch_stats},
                      dense_variables(dense_workdir))
   # The fine-tuned model has no dead channel (a zero norm scale never recovers).
@@ -181,7 +182,7 @@ def test_halve_lambda_redoes_phase_one_from_the_unit_start(dense_workdir,
   state, pos = selection_checkpoint(config, workdir, log[0]['step'])
   assert pos.phase == 'phase1' and pos.lambdas[name] == 10.0
   assert int(state.step) == log[0]['step']  # Batches keep following the step.
-  assert_trees_equal({'params': c2s2_driver.model_params(state),
+  assert_trees_equal({'params': c2s2_setup.model_params(state),
                       'batch_stats': state.batch_stats},
                      dense_variables(dense_workdir))
   np.testing.assert_array_equal(scales_of(state)[name], 1.0)

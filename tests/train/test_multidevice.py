@@ -35,8 +35,7 @@ import json, os, sys
 import jax, numpy as np
 from configs import c2s2_schedules
 from tests.train.test_loop import tiny_config
-from train import (c2s2_driver, c2s2_setup, checkpoints, data, dispatch, model_setup,
-                   steps)
+from train import c2s2_setup, checkpoints, data, dispatch, model_setup, steps
 dense = os.path.join(os.path.dirname(sys.argv[1]), 'dense')
 if not os.path.exists(os.path.join(dense, 'summary.json')):
   dispatch.train_and_evaluate(tiny_config(), dense)
@@ -48,15 +47,15 @@ model = model_setup.build_model(config, setup.dataset.num_classes, setup.origina
 graph = model_setup.trace_graph(model, setup.dataset.image_shape)
 variables = checkpoints.load_variables(
     dense, model_setup.abstract_variables(model, setup.dataset.image_shape))
-state = jax.device_put(c2s2_driver.initial_state(setup, graph, variables),
+state = jax.device_put(c2s2_setup.initial_state(setup, graph, variables),
                        steps.replicated(setup.mesh))
-state = c2s2_driver.with_unit(state, graph, setup.units[0])
-step = c2s2_driver.make_train_step(setup, model, graph, 'phase1', setup.lambdas)
+state = c2s2_setup.with_unit(state, graph, setup.units[0])
+step = c2s2_setup.make_train_step(setup, model, graph, 'phase1', setup.lambdas)
 batches = data.train_batches(setup.dataset.train, batch_size=config.batch_size, seed=0,
                              start_step=0, crop_padding=1, flip=True)
 for _ in range(5):
   state, values = step(state, steps.to_global(next(batches), setup.mesh))
-scales = state.params[c2s2_driver.SCALES_KEY][setup.units[0][0]]
+scales = state.params[c2s2_setup.SCALES_KEY][setup.units[0][0]]
 shards = [np.asarray(s.data) for s in scales.addressable_shards]
 result = {'devices': jax.device_count(), 'loss': float(values['loss']),
           'scales_identical': all((s == shards[0]).all() for s in shards),
