@@ -67,6 +67,11 @@ def test_c2s2_prunes_fine_tunes_and_evaluates_from_the_workdir(dense_workdir, fi
       pytest.approx(summary['top1'])
 
 
+def metric_lines(workdir, split):
+  return [r for r in workdir_lib.read_jsonl(os.path.join(workdir, workdir_lib.METRICS_FILE))
+          if r['split'] == split]
+
+
 def selection_checkpoint(config, workdir, step):
   """The selection's state and position saved at `step`."""
   driver = c2s2_driver.Driver(config, workdir)
@@ -233,18 +238,19 @@ def test_selection_resumes_inside_a_phase_to_identical_results(dense_workdir, fi
   config = c2s2_config(dense_workdir)
   # Unit 1's phase 1 runs from step 11 to 18; the last checkpoint before 17 is at 16.
   assert dispatch.train_and_evaluate(config, interrupted, stop_at_step=17) == {}
+  logged = [r['step'] for r in metric_lines(interrupted, 'selection')]
+  assert logged and max(logged) == 16  # Logged every 2 steps.
   summary = dispatch.train_and_evaluate(config, interrupted)
+  for split in ('selection', 'held_out'):  # Each step logged once.
+    assert ([r['step'] for r in metric_lines(interrupted, split)] ==
+            [r['step'] for r in metric_lines(straight, split)]), split
+  assert metric_lines(interrupted, 'held_out') == metric_lines(straight, 'held_out')
   assert decisions(interrupted) == decisions(straight)
   a = loop.restore_latest(saved_config.load_config(straight), straight)[1]
   b = loop.restore_latest(saved_config.load_config(interrupted), interrupted)[1]
   jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
   with open(os.path.join(straight, 'summary.json')) as f:
     assert json.load(f)['top1'] == summary['top1']
-
-
-def metric_lines(workdir, split):
-  return [r for r in workdir_lib.read_jsonl(os.path.join(workdir, workdir_lib.METRICS_FILE))
-          if r['split'] == split]
 
 
 def test_selection_logs_metrics_and_tensorboard_like_training(finished):
@@ -267,19 +273,6 @@ def test_selection_logs_metrics_and_tensorboard_like_training(finished):
                     for root, _, names in os.walk(os.path.join(workdir, 'tensorboard'))
                     for name in names)
   assert b'selection/grad_norm' in events and b'held_out/top1' in events
-
-
-def test_resumed_selection_logs_each_step_once(dense_workdir, finished, tmp_path):
-  straight, interrupted = finished[0], str(tmp_path / 'interrupted')
-  config = c2s2_config(dense_workdir)
-  assert dispatch.train_and_evaluate(config, interrupted, stop_at_step=17) == {}
-  logged = [r['step'] for r in metric_lines(interrupted, 'selection')]
-  assert logged and max(logged) == 16  # Logged every 2 steps.
-  dispatch.train_and_evaluate(config, interrupted)
-  for split in ('selection', 'held_out'):
-    assert ([r['step'] for r in metric_lines(interrupted, split)] ==
-            [r['step'] for r in metric_lines(straight, split)]), split
-  assert metric_lines(interrupted, 'held_out') == metric_lines(straight, 'held_out')
 
 
 def test_a_selection_checkpoint_of_an_older_revision_is_refused_by_name(dense_workdir,
