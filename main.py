@@ -17,8 +17,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from train import distributed, errors, export, export_run, loop, reporting
-from train import workdir as workdir_lib
+from train import dispatch, distributed, errors, export, reporting
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).', lock_config=True)
@@ -66,19 +65,11 @@ def _run(argv: list[str]) -> None:
   logging.info('JAX %s, %d process(es), devices: %s', jax.__version__,
                jax.process_count(), jax.devices())
   config = _config()
-  if _MODE.value != 'train':
-    config = config or workdir_lib.load_config(_WORKDIR.value)
-  if _MODE.value == 'eval':
-    loop.evaluate_checkpoint(config, _WORKDIR.value)
-  elif _MODE.value == 'efficiency':
-    loop.efficiency(config, _WORKDIR.value, _REFERENCE.value, _PES.value)
-  elif _MODE.value == 'export':
-    export_run.export_workdir(config, _WORKDIR.value, _FORMAT.value, _BATCH.value)
-  elif config is None:
+  if _MODE.value == 'train' and config is None:
     raise app.UsageError('--config is required to train.')
-  else:
-    loop.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
-
+  dispatch.run(config, _WORKDIR.value, _MODE.value, overwrite=_OVERWRITE.value,
+               reference=_REFERENCE.value, pes=_PES.value, formats=tuple(_FORMAT.value),
+               batch=_BATCH.value)
 
 main = reporting.reporting_user_errors(_run, lambda: _WORKDIR.value)
 

@@ -32,6 +32,7 @@ import numpy as np
 import c2s2
 from c2s2 import criteria
 from train import provenance, timing
+from train import workdir as workdir_lib
 from train.models import stats
 
 
@@ -240,11 +241,9 @@ def main(argv):
   if out:
     settings = {'image_size': size, 'batches': batches, 'repeats': repeats,
                 'fraction': _FRACTION.value, 'smoke': _SMOKE.value}
-    with open(out + '.tmp', 'w') as f:
-      json.dump({'machine': machine, 'settings': settings, 'models': results}, f,
-                indent=2, default=str)
-      f.write('\n')
-    os.replace(out + '.tmp', out)
+    workdir_lib.write_text(out, json.dumps(
+        {'machine': machine, 'settings': settings, 'models': results}, indent=2,
+        default=str) + '\n')
     print(f'wrote {out}')
 
 

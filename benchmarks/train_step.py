@@ -4,7 +4,7 @@
 
 Per model and batch, interleaved in one run: the dense step (train/steps.py), CCI
 `dynamic` (mask recomputed every step, straight-through) and a fixed CCI mask
-(`oneshot`), and C2S2's selection step (train/c2s2_driver.py) with a pruning layer on
+(`oneshot`), and C2S2's selection step (train/c2s2_setup.py) with a pruning layer on
 every prunable channel group at once, in real mode (phase 1: scales trained with the
 proximal L1 step) and binary mode (phase 2: fixed masks). Every variant uses the same
 optimiser; ratios are to dense. ResNet-50 runs at a reduced image size on CPU.
@@ -16,7 +16,7 @@ from typing import Any, Callable
 import jax
 
 from benchmarks import common
-from train import c2s2_driver, optim, steps, timing
+from train import c2s2_setup, model_setup, optim, steps, timing
 
 VARIANTS = ('dense', 'cci_dynamic', 'cci_fixed_mask', 'c2s2_real', 'c2s2_binary')
 CCI_METHODS = {'dense': 'none', 'cci_dynamic': 'dynamic', 'cci_fixed_mask': 'oneshot'}
@@ -35,19 +35,20 @@ def c2s2_steps(model_name: str, batch_size: int, image_size: int,
   """C2S2's selection step per mode, with scales for every prunable channel group."""
   b = common.bench(model_name, batch_size, image_size, num_classes)
   cfg = common.config()
-  graph = c2s2_driver.trace_graph(b.model, (image_size, image_size, 3))
-  names = c2s2_driver.candidate_groups(graph, cfg.channel_pruning)
+  graph = model_setup.trace_graph(b.model, (image_size, image_size, 3))
+  names = model_setup.candidate_groups(graph, cfg.channel_pruning)
   schedule = optim.make_schedule(cfg.optimizer, common.TOTAL_STEPS, 100)
   lambdas = {n: cfg.channel_pruning.lambda_l1 for n in names}
-  setup = c2s2_driver.Setup(
+  setup = c2s2_setup.Setup(
       config=cfg, dataset=types.SimpleNamespace(mean=common.MEAN, std=common.STD),
-      mesh=b.mesh, tx=optim.make_optimizer(cfg.optimizer, schedule), steps_per_epoch=1,
+      mesh=b.mesh, tx=optim.make_optimizer(cfg.optimizer, schedule), schedule=schedule,
+      steps_per_epoch=1,
       phase_steps={}, original_widths={}, units=[names], lambdas=lambdas)
   fns = {}
   for name, phase in C2S2_PHASES.items():
-    step = c2s2_driver.make_train_step(setup, b.model, graph, phase, lambdas)
-    state = c2s2_driver.with_unit(
-        c2s2_driver.initial_state(common.fresh(b.variables), setup.tx), graph, names)
+    step = c2s2_setup.make_train_step(setup, b.model, graph, phase, lambdas)
+    state = c2s2_setup.with_unit(
+        c2s2_setup.initial_state(setup, graph, common.fresh(b.variables)), graph, names)
     fns[name] = common.runner(step, jax.device_put(state, steps.replicated(b.mesh)),
                               b.batch)
   return fns

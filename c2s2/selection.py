@@ -6,7 +6,7 @@ kept); the cost check compares held-out metrics with the pre-trained reference a
 `decide` says what to do when the budget is exceeded.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -90,3 +90,34 @@ def decide(within: bool, retry: int, max_retries: int, on_over_budget: str) -> s
   if retry >= max_retries:
     return 'give_up'
   return on_over_budget
+
+
+def units(names: Sequence[str], per_unit: int) -> list[list[str]]:
+  """The schedule: `names` (execution order) in consecutive units of `per_unit`."""
+  return [list(names[i:i + per_unit]) for i in range(0, len(names), per_unit)]
+
+
+def binarize_all(scales: Mapping[str, np.ndarray], importance: Mapping[str, np.ndarray],
+                 min_channels: int, multiple: int) -> dict[str, np.ndarray]:
+  """`binarize` each group's scale, then `round_up` to `multiple`."""
+  masks = {}
+  for name, scale in scales.items():
+    weight = np.asarray(importance[name])
+    masks[name] = round_up(binarize(np.asarray(scale), weight, min_channels), weight,
+                           multiple)
+  return masks
+
+
+def restore_half(mask: np.ndarray, importance: np.ndarray, multiple: int) -> np.ndarray:
+  """The cost check's 'restore': half of the pruned channels (rounded up, most
+  important first) kept again, then `round_up` to `multiple`."""
+  pruned = int((~np.asarray(mask, bool)).sum())
+  return round_up(restore(mask, importance, -(-pruned // 2)), importance, multiple)
+
+
+def scales_for_masks(scales: Mapping[str, jax.Array],
+                     masks: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+  """The scales under fixed binary `masks`: pruned ones 0, kept ones whose scale is 0
+  (restored channels) 1."""
+  return {n: jnp.where(jnp.asarray(masks[n]) & (scales[n] == 0), 1.0, scales[n] * masks[n])
+          for n in masks}

@@ -8,22 +8,20 @@
              `init_from` should come from a run with `optimizer.norm_scale_l1 > 0`.
 Groups are chosen as for C2S2 (`include`, `exclude`, `prune_residual_stream`), the
 fraction is `prune_fraction`, or the least one whose compact model reaches
-`target_macs_ratio`; surgery is C2S2's. `select` writes the compact variables to
+`target_macs_ratio`; surgery is C2S2's (`c2s2.surgery`). `select` writes the compact variables to
 `workdir/selection/` and returns the config of the compact model's fine-tune, which
 the loop then trains like any run.
 """
 
-import json
 import os
 from typing import Any, Callable
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
 from c2s2 import criteria, selection, surgery
-from train import c2s2_driver, checkpoints, data, experiment, models
+from train import checkpoints, data, model_setup
 from train import workdir as workdir_lib
 
 METHODS = ('l1_filter', 'slimming')
@@ -85,26 +83,24 @@ def _compact(config: ml_collections.ConfigDict) -> tuple[dict, dict[str, Any]]:
   """The compact variables and the record of what was removed."""
   cp = config.channel_pruning
   dataset = data.load_dataset(config.data)
-  widths = models.default_widths(config.model.name, dataset.num_classes,
-                                 config.model.shortcut)
-  widths.update(models.load_widths(config.model.widths))
-  model = c2s2_driver.build_model(config, dataset.num_classes, widths)
-  abstract = experiment.abstract_variables(model, dataset.image_shape)
-  graph = c2s2_driver.trace_graph(model, dataset.image_shape, abstract)
-  names = c2s2_driver.candidate_groups(graph, cp)
+  widths = model_setup.config_widths(config, dataset.num_classes)
+  model = model_setup.build_model(config, dataset.num_classes, widths)
+  abstract = model_setup.abstract_variables(model, dataset.image_shape)
+  graph = model_setup.trace_graph(model, dataset.image_shape, abstract)
+  names = model_setup.candidate_groups(graph, cp)
   variables = checkpoints.load_variables(config.init_from, abstract)
   importance = importance_of(cp.method, variables['params'], graph, names)
-  full = c2s2_driver.model_macs(config, dataset.num_classes, widths, dataset.image_shape)
+  full = model_setup.model_macs(config, dataset.num_classes, widths, dataset.image_shape)
 
   def compact_widths(masks):
     out = dict(widths)
     for name, mask in masks.items():
-      out.update({p: int(mask.sum()) for p in graph.group(name).producers if p in out})
+      out = model_setup.with_width(out, graph.group(name), int(mask.sum()))
     return out
 
   def macs_ratio_at(fraction: float) -> float:
     masks = masks_at(cp.method, importance, fraction, cp.min_channels, cp.channel_multiple)
-    return c2s2_driver.model_macs(config, dataset.num_classes, compact_widths(masks),
+    return model_setup.model_macs(config, dataset.num_classes, compact_widths(masks),
                                   dataset.image_shape) / full
 
   fraction = cp.prune_fraction
@@ -129,8 +125,8 @@ def select(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Co
     compact widths (also written to `workdir/widths.json`).
   """
   validate(config)
-  directory = os.path.join(workdir, workdir_lib.SELECTION_DIR)
-  ckpt = checkpoints.Checkpointer(os.path.join(directory, 'checkpoints'), keep=1)
+  ckpt = checkpoints.Checkpointer(
+      os.path.join(workdir, workdir_lib.SELECTION_DIR, workdir_lib.CHECKPOINT_DIR), keep=1)
   try:
     if ckpt.latest_step() is None:
       compact, record = _compact(config)
@@ -139,10 +135,4 @@ def select(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Co
     record = ckpt.meta(ckpt.latest_step())
   finally:
     ckpt.close()
-  if jax.process_index() == 0:
-    models.save_widths(os.path.join(workdir, experiment.WIDTHS_FILE), record['widths'])
-  finetune = ml_collections.ConfigDict(config.to_dict())
-  finetune.init_from = directory
-  finetune.model.widths = json.dumps(record['widths'])
-  finetune.lock()
-  return finetune
+  return model_setup.finetune_config(config, workdir, record['widths'])

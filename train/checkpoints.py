@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from train import errors, integrity, models
+from train import errors, integrity, models, saved_config
 from train import workdir as workdir_lib
 
 KILL_DURING_SAVE_ENV = 'CCI_C2S2_KILL_DURING_SAVE'
@@ -253,7 +253,7 @@ def _restore_as_saved(manager: ocp.CheckpointManager, step: int,
 
 def _open_read_only(workdir: str, key: str) -> tuple[ocp.CheckpointManager, str, int]:
   """The checkpoints of `workdir` (named by `key`), their directory and latest step."""
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  directory = os.path.join(os.path.abspath(workdir), workdir_lib.CHECKPOINT_DIR)
   step = None
   if os.path.isdir(directory):
     manager = _read_only_manager(directory)
@@ -263,7 +263,7 @@ def _open_read_only(workdir: str, key: str) -> tuple[ocp.CheckpointManager, str,
     manager.close()
   raise errors.MissingInputError(
       f'{key}={workdir}: no checkpoint in {directory}. Train that run first: '
-      f'{workdir_lib.creating_command(workdir)}')
+      f'{saved_config.creating_command(workdir)}')
 
 
 def check_variables(workdir: str, like: Any, key: str = 'config.init_from') -> None:

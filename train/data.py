@@ -18,7 +18,6 @@ import json
 import os
 import queue
 import tarfile
-import tempfile
 import threading
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,6 +30,7 @@ from absl import logging
 from PIL import Image
 
 from train import imagenet_data
+from train import workdir as workdir_lib
 
 SOURCES = ('folder', 'tfds', 'digits', 'seg_digits', 'seg_folder', 'seg_tfds')
 
@@ -325,17 +325,7 @@ def _folder_key(path: Path, splits: tuple[str, str], image_size: int) -> str:
 def _save_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
   """Writes an .npz via a temporary file and os.replace, so it is whole or absent."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
+  workdir_lib.write_atomically(str(path), lambda f: np.savez(f, **arrays), 'wb')
 
 
 def _walk_images(root: Path) -> list[Path]:

@@ -12,17 +12,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 import cci
-from train import checkpoints, data, methods, models, optim, steps, tasks
+from train import checkpoints, data, methods, model_setup, models, optim, steps, tasks
 from train import workdir as workdir_lib
 from train.models import stats
 from train.state import TrainState
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-WIDTHS_FILE = 'widths.json'
 
 
 @dataclasses.dataclass
@@ -45,7 +42,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values the lock on the config cannot; raises ValueError naming the key."""
   choices = {
       'data.source': (config.data.source, data.SOURCES),
-      'model.dtype': (config.model.dtype, tuple(DTYPES)),
+      'model.dtype': (config.model.dtype, tuple(model_setup.DTYPES)),
       'model.conv_impl': (config.model.conv_impl, models.common.CONV_IMPLS),
       'on_nonfinite': (config.on_nonfinite, ('stop', 'skip')),
       'optimizer.schedule': (config.optimizer.schedule, optim.SCHEDULES),
@@ -71,16 +68,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def resolve_widths(config: ml_collections.ConfigDict, workdir: str,
                    num_classes: int) -> dict[str, int]:
   """Default widths, then a widths file saved in the workdir, then `model.widths`."""
-  widths = models.default_widths(config.model.name, num_classes,
-                                  shortcut=config.model.shortcut)
-  saved = workdir_lib.read_record(os.path.join(workdir, WIDTHS_FILE))
+  saved = workdir_lib.read_record(os.path.join(workdir, workdir_lib.WIDTHS_FILE))
   if saved is None:  # Missing or damaged: the kernels of a checkpoint say the same.
     saved = checkpoints.saved_widths(
-        os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), widths)
-  if saved:
-    widths.update(models.load_widths(json.dumps(saved)))
-  widths.update(models.load_widths(config.model.widths))
-  return widths
+        os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
+        models.default_widths(config.model.name, num_classes, config.model.shortcut))
+  return model_setup.config_widths(
+      config, num_classes, models.load_widths(json.dumps(saved)) if saved else None)
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
@@ -88,14 +82,11 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   validate(config)
   dataset = data.load_dataset(config.data)
   widths = resolve_widths(config, workdir, dataset.num_classes)
-  model = models.build_model(
-      config.model.name, dataset.num_classes, widths=widths,
-      dtype=DTYPES[config.model.dtype], shortcut=config.model.shortcut,
-      conv_impl=config.model.conv_impl)
+  model = model_setup.build_model(config, dataset.num_classes, widths)
   per_epoch = data.steps_per_epoch(len(dataset.train), config.batch_size)
   total = optim.num_train_steps(config, per_epoch)
   schedule = optim.make_schedule(config.optimizer, total, per_epoch)
-  variables = abstract_variables(model, dataset.image_shape)
+  variables = model_setup.abstract_variables(model, dataset.image_shape)
   method = methods.build(config, optim.make_optimizer(config.optimizer, schedule),
                          variables['params'], total)
   return Experiment(
@@ -103,16 +94,6 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
       variables=variables, mesh=steps.make_mesh(), schedule=schedule, method=method,
       steps_per_epoch=per_epoch, total_steps=total,
       task=tasks.task_for(dataset, config.data.class_weights))
-
-
-def _init_variables(model: Any, image_shape: tuple[int, ...], seed: int) -> Any:
-  return model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), model.dtype),
-                    train=False)
-
-
-def abstract_variables(model: Any, image_shape: tuple[int, ...]) -> Any:
-  """Shapes and dtypes of the variables of `model` on images of `image_shape`."""
-  return jax.eval_shape(lambda: _init_variables(model, image_shape, 0))
 
 
 def abstract_state(exp: Experiment) -> TrainState:
@@ -127,8 +108,8 @@ def init_state(exp: Experiment) -> TrainState:
     loaded = checkpoints.load_variables(exp.config.init_from, exp.variables)
 
   def init(loaded):
-    variables = loaded or _init_variables(exp.model, exp.dataset.image_shape,
-                                          exp.config.seed)
+    variables = loaded or model_setup.init_variables(exp.model, exp.dataset.image_shape,
+                                                     exp.config.seed)
     return TrainState.create(variables, exp.method.tx)
 
   return jax.jit(init, out_shardings=steps.replicated(exp.mesh))(loaded)
@@ -162,7 +143,8 @@ def model_size(exp: Experiment) -> dict[str, int]:
   sizes = {}
   for key, model, variables in (
       ('', exp.model, exp.variables),
-      ('_dense', dense_model, abstract_variables(dense_model, exp.dataset.image_shape))):
+      ('_dense', dense_model,
+       model_setup.abstract_variables(dense_model, exp.dataset.image_shape))):
     sizes['params' + key] = stats.count_params(variables['params'])
     sizes['macs' + key] = stats.total_macs(stats.layer_stats(model, variables, shape))
   return sizes
@@ -170,10 +152,4 @@ def model_size(exp: Experiment) -> dict[str, int]:
 
 def write_widths(exp: Experiment, workdir: str) -> None:
   if jax.process_index() == 0:
-    models.save_widths(os.path.join(workdir, WIDTHS_FILE), exp.widths)
-
-
-def host_metrics(values: list[dict[str, jax.Array]]) -> dict[str, float]:
-  """Means over steps of device metrics, fetched in one transfer."""
-  stacked = jax.device_get(values)
-  return {k: float(np.mean([v[k] for v in stacked])) for k in stacked[0]}
+    models.save_widths(os.path.join(workdir, workdir_lib.WIDTHS_FILE), exp.widths)

@@ -36,10 +36,10 @@ import numpy as np
 from jax.extend import core
 
 from train import folding
+from train import workdir as workdir_lib
 
 FORMATS = ('stablehlo', 'onnx')
 FILES = {'stablehlo': 'model.stablehlo', 'onnx': 'model.onnx'}
-MANIFEST_FILE = 'manifest.json'
 EXTRAS_FILE = 'requirements-export.txt'
 ONNX_MODULES = ('jax2onnx', 'onnxruntime')
 # Modules each format needs, and the requirements file that installs them.
@@ -265,7 +265,7 @@ def _versions(formats: tuple[str, ...]) -> dict[str, str]:
 
 
 def write_manifest(directory: str, manifest: dict[str, Any]) -> None:
-  with open(os.path.join(directory, MANIFEST_FILE), 'w') as f:
+  with open(os.path.join(directory, workdir_lib.MANIFEST_FILE), 'w') as f:
     json.dump(manifest, f, indent=2, sort_keys=True)
     f.write('\n')
 

@@ -24,16 +24,14 @@ from train import data, experiment, export, folding, loop, provenance, report, s
 from train import workdir as workdir_lib
 from train.models import stats
 
-EXPORT_DIR = 'export'
-PACKED_FILE = 'cci_packed.npz'
 
 
 def check_finished(workdir: str) -> dict[str, Any]:
   """The run's summary; ExportError if the workdir holds no finished run."""
-  summary = workdir_lib.read_record(os.path.join(workdir, loop.SUMMARY_FILE))
+  summary = workdir_lib.read_record(os.path.join(workdir, workdir_lib.SUMMARY_FILE))
   if summary is None:  # Missing, or damaged (then moved aside with a warning).
     raise export.ExportError(
-        f'{workdir} holds no finished run (no intact {loop.SUMMARY_FILE}): rerun its '
+        f'{workdir} holds no finished run (no intact {workdir_lib.SUMMARY_FILE}): rerun its '
         'training command to finish it, then export.')
   return summary
 
@@ -94,8 +92,8 @@ def pack_cci(exp: experiment.Experiment, state: Any, folded: Any) -> dict[str, n
     values, indices = np.asarray(values), np.asarray(indices)
     unpacked = np.asarray(cci.unpack(values, indices, spec.group_size, spec.keep))
     if not np.array_equal(unpacked, kernel):
-      raise export.ExportError(f'{PACKED_FILE}: {path} does not unpack to the exported '
-                               'kernel exactly.')
+      raise export.ExportError(f'{workdir_lib.PACKED_FILE}: {path} does not unpack to the '
+                               'exported kernel exactly.')
     arrays[f'{path}/values'], arrays[f'{path}/indices'] = values, indices
     bias = _folded_bias(folded, path)
     if bias is not None:
@@ -134,7 +132,7 @@ def export_workdir(config: ml_collections.ConfigDict, workdir: str,
   """Exports the final model of the finished run in `workdir`.
 
   Args:
-    config: the run's config (`workdir_lib.load_config`).
+    config: the run's config (`saved_config.load_config`).
     workdir: the run's directory.
     formats: any of `export.FORMATS`.
     batch: 'dynamic' or a fixed batch size.
@@ -156,7 +154,7 @@ def export_workdir(config: ml_collections.ConfigDict, workdir: str,
   apply_fn = functools.partial(exp.model.apply, train=False)
   first = next(data.eval_batches(exp.dataset.test, batch_size=min(
       8, len(exp.dataset.test))))
-  directory = directory or os.path.join(workdir, EXPORT_DIR)
+  directory = directory or os.path.join(workdir, workdir_lib.EXPORT_DIR)
   with export.atomic_directory(directory) as tmp:
     info, runners, folded = export.write_model(
         apply_fn, variables, _normalize(exp, first['image']), tmp, formats, batch)
@@ -182,8 +180,8 @@ def export_workdir(config: ml_collections.ConfigDict, workdir: str,
         'revision': provenance.revision(),
     }
     if exp.method.sparsity is not None and exp.method.sparsity.pattern == 'cci':
-      np.savez(os.path.join(tmp, PACKED_FILE), **pack_cci(exp, state, folded))
-      manifest['files']['cci_packed'] = PACKED_FILE
+      np.savez(os.path.join(tmp, workdir_lib.PACKED_FILE), **pack_cci(exp, state, folded))
+      manifest['files']['cci_packed'] = workdir_lib.PACKED_FILE
     export.write_manifest(tmp, manifest)
   logging.info('Exported %s to %s: test top-1 %s (in process %.4f).', workdir, directory,
                test['top1'], test['top1_in_process'])

@@ -1,7 +1,10 @@
 """From config to method: what a pruning method changes in the optimiser and forward pass.
 
-The loop stays method-agnostic: it trains with `Method.tx` and computes the forward
-pass on `Method.forward_params(params, opt_state)`.
+The steps stay method-agnostic: they train with `Method.tx`, compute the forward pass
+on `Method.forward_params(params, opt_state)`, apply `Method.project` to the parameters
+after each update and add `Method.metrics(params, opt_state)` to each step's metrics.
+CCI's method is built here; C2S2's selection builds one per phase
+(`train.c2s2_setup.selection_method`).
 """
 
 import dataclasses
@@ -15,14 +18,21 @@ import optax
 import cci
 
 ForwardParams = Callable[[Any, Any], Any]
+StepMetrics = Callable[[Any, Any], dict[str, jax.Array]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """The optimiser and forward-pass weights of a training method."""
+  """The optimiser, forward-pass weights and extra step metrics of a training method.
+
+  `project`, if any, maps the parameters after each update (C2S2's phase 1: the L1
+  proximal operator on the pruning-layer scales).
+  """
   tx: optax.GradientTransformation
   forward_params: ForwardParams
   sparsity: cci.SparsitySpec | None = None
+  metrics: StepMetrics | None = None
+  project: Callable[[Any], Any] | None = None
 
 
 def _identity(params: Any, opt_state: Any) -> Any:

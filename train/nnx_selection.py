@@ -7,7 +7,8 @@ L1 proximal step and the weights with `tx`; binarisation fixes the mask; phase 2
 fine-tunes; the cost check compares held-out top-1 with the dense model's and restores
 channels, or halves lambda and redoes phase 1 from the unit's start, or gives the unit
 up; surgery returns a smaller NNX model (`c2s2.nnx.compact`). Unlike
-`train.c2s2_driver` it keeps everything in memory (no checkpoints, no resume), takes
+`train.c2s2_driver` (whose schedule of units and cost-check moves, `c2s2.selection`, it
+shares) it keeps everything in memory (no checkpoints, no resume), takes
 batches as `(images, integer labels)` and a classification loss, and stops only when
 every unit is done (no `target_macs_ratio`).
 
@@ -29,7 +30,7 @@ from flax import nnx
 
 import c2s2
 from c2s2 import selection, surgery
-from train import c2s2_driver, channel_baselines
+from train import channel_baselines, model_setup
 
 Batch = tuple[jax.Array, jax.Array]
 
@@ -181,18 +182,8 @@ class _Selector:
   def fixed(state: UnitState, masks: dict[str, np.ndarray]) -> UnitState:
     """`state` in binary mode with `masks`; kept channels whose scale is 0 (restored)
     get scale 1."""
-    scales = {n: jnp.where(jnp.asarray(masks[n]) & (state.scales[n] == 0), 1.0,
-                           state.scales[n] * masks[n]) for n in masks}
-    return state._replace(scales=scales, masks={n: jnp.asarray(m, jnp.float32)
-                                                for n, m in masks.items()})
-
-  def binarize(self, scales, importance):
-    masks = {}
-    for name, scale in scales.items():
-      weight = np.asarray(importance[name])
-      mask = selection.binarize(np.asarray(scale), weight, self.options.min_channels)
-      masks[name] = selection.round_up(mask, weight, self.options.channel_multiple)
-    return masks
+    return state._replace(scales=selection.scales_for_masks(state.scales, masks),
+                          masks={n: jnp.asarray(m, jnp.float32) for n, m in masks.items()})
 
   def unit(self, number: int, names: list[str], reference, decisions) -> None:
     """Selects the channels of one unit and replaces the model with the smaller one."""
@@ -212,7 +203,9 @@ class _Selector:
     while True:
       if phase == 'phase1':
         state = self.train_phase(steps['phase1'], 'phase1', lambdas, state)
-        state = self.fixed(state, self.binarize(state.scales, state.importance))
+        state = self.fixed(state, selection.binarize_all(
+            jax.device_get(state.scales), jax.device_get(state.importance),
+            options.min_channels, options.channel_multiple))
       state = self.train_phase(steps['phase2'], 'phase2', lambdas, state)
       cost = self.evaluate(sums, state.variables, state.scales, state.masks)
       chosen = {n: np.asarray(m) > 0 for n, m in state.masks.items()}
@@ -228,10 +221,10 @@ class _Selector:
                    {n: f'{m.sum()}/{m.size}' for n, m in chosen.items()}, action)
       retry += 1
       if action == 'restore':
-        importance = {n: np.asarray(v) for n, v in state.importance.items()}
-        state = self.fixed(state, {n: selection.round_up(
-            selection.restore(m, importance[n], -(-int((~m).sum()) // 2)), importance[n],
-            options.channel_multiple) for n, m in chosen.items()})
+        importance = jax.device_get(state.importance)
+        state = self.fixed(state, {
+            n: selection.restore_half(m, importance[n], options.channel_multiple)
+            for n, m in chosen.items()})
         phase = 'phase2'
       elif action == 'halve_lambda':
         lambdas = {n: value / 2 for n, value in lambdas.items()}
@@ -278,16 +271,15 @@ def select_c2s2(model: nnx.Module, train_batches: Iterator[Batch],
   example = next(iter(held_out()))[0]
   selector = _Selector(model, train_batches, held_out, tx, options, example)
   _, sums, variables, graph = selector.views()
-  names = c2s2_driver.candidate_groups(graph, options, 'C2S2Options')
+  names = model_setup.candidate_groups(graph, options, 'C2S2Options')
   for name in names:
     if not surgery.foldable(variables['params'], graph.group(name)):
       raise ValueError(f'select_c2s2: group {name} has a site without a scale or kernel '
                        f'to fold its pruning layer into ({graph.group(name).sites}).')
   reference = selector.evaluate(sums, variables, {}, None)
   decisions: list[dict[str, Any]] = []
-  step = options.layers_per_step
-  for number, start in enumerate(range(0, len(names), step)):
-    selector.unit(number, names[start:start + step], reference, decisions)
+  for number, unit in enumerate(selection.units(names, options.layers_per_step)):
+    selector.unit(number, unit, reference, decisions)
   return Selection(selector.model, reference, decisions)
 
 
@@ -312,7 +304,7 @@ def prune_by_criterion(model: nnx.Module, example: jax.Array, method: str,
     raise ValueError(f'prune_by_criterion: method={method!r}; choose one of '
                      f'{channel_baselines.METHODS}.')
   graph = c2s2.nnx.trace_channel_graph(model, example)
-  names = c2s2_driver.candidate_groups(graph, types.SimpleNamespace(
+  names = model_setup.candidate_groups(graph, types.SimpleNamespace(
       include=include, exclude=exclude, prune_residual_stream=prune_residual_stream),
       'prune_by_criterion')
   params = c2s2.nnx.variables_of(model)['params']

@@ -9,11 +9,9 @@ import numpy as np
 
 import cci
 from cci import efficiency
-from train import models, timing
+from train import model_setup, models, timing
 from train.models import stats
 
-LAYERS_FILE = 'layers.json'
-EFFICIENCY_FILE = 'efficiency.json'
 
 
 def kernel_masks(params: Any, opt_state: Any,
@@ -170,9 +168,7 @@ def channel_report(exp: Any, original: ml_collections.ConfigDict,
       original model's).
     batch_size: batch of the latency measurement.
   """
-  widths = models.default_widths(original.model.name, exp.dataset.num_classes,
-                                 original.model.shortcut)
-  widths.update(models.load_widths(original.model.widths))
+  widths = model_setup.config_widths(original, exp.dataset.num_classes)
   original_model = models.build_model(
       original.model.name, exp.dataset.num_classes, widths=widths, dtype=exp.model.dtype,
       shortcut=original.model.shortcut)

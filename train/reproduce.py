@@ -25,6 +25,7 @@ marker per method) are written.
 
 import csv
 import importlib
+import io
 import importlib.util
 import json
 import os
@@ -40,7 +41,7 @@ from typing import Any
 from absl import app, flags, logging
 import ml_collections
 
-from train import provenance, tables
+from train import provenance, saved_config, tables
 from train import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,11 +63,9 @@ _RERUN = flags.DEFINE_enum(
     'rerun', 'none', RERUN_CHOICES := ('none', 'stale', 'all'),
     'none: keep finished and recorded rows; stale: run again the rows whose revision '
     'differs from HEAD in the code that produces results; all: run every row again.')
-ATTEMPTS_FILE = 'reproduce_attempts.json'
 PUBLISHED_DIR = 'checkpoints'  # Under --results: final variables of rows (publish).
 LATENCY_KEYS = ('latency_ms', 'dense_latency_ms', 'latency_batch')
-PACKED_FILE = 'cci_packed.npz'  # train/export_run.py's name.
-PUBLISHED_FILES = (workdir_lib.CONFIG_FILE, 'summary.json', 'widths.json')
+PUBLISHED_FILES = (workdir_lib.CONFIG_FILE, workdir_lib.SUMMARY_FILE, workdir_lib.WIDTHS_FILE)
 
 
 def load_table(name: str, preset: str) -> tables.Table:
@@ -129,7 +128,7 @@ def command(row: tables.Row, workdir: str, seed: int, init_from: str,
 
 
 def finished(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, 'summary.json'))
+  return os.path.exists(os.path.join(workdir, workdir_lib.SUMMARY_FILE))
 
 
 def needs_rerun(rerun: str, revision: str) -> bool:
@@ -160,7 +159,7 @@ def run_row(args: list[str], workdir: str, log_path: str) -> tuple[bool, str]:
       code = subprocess.run(args, cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT).returncode
   finally:
-    attempts_path = os.path.join(workdir, ATTEMPTS_FILE)
+    attempts_path = os.path.join(workdir, workdir_lib.ATTEMPTS_FILE)
     if os.path.isdir(workdir):
       attempts = (workdir_lib.read_json(attempts_path) if os.path.exists(attempts_path)
                   else [])
@@ -199,7 +198,7 @@ def same_config(row: tables.Row, record: dict[str, Any], overrides: Sequence[str
   expected['seed'] = record['seed']
   ignored = {'init_from', *(kv.split('=', 1)[0] for kv in overrides),
              *(['model.widths'] if row.widths_from_start else [])}
-  return not [k for k in workdir_lib.config_differences(record['config'], expected)
+  return not [k for k in saved_config.config_differences(record['config'], expected)
               if k not in ignored]
 
 
@@ -258,8 +257,8 @@ def publish(workdir: str, destination: str, variables: bool, packed: bool) -> No
       log.flush()
       if subprocess.run(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode:
         raise RuntimeError(f'Exporting {workdir} failed: see {workdir}.log.')
-    for name in (PACKED_FILE, 'manifest.json'):
-      shutil.copy2(os.path.join(workdir, 'export', name), partial)
+    for name in (workdir_lib.PACKED_FILE, workdir_lib.MANIFEST_FILE):
+      shutil.copy2(os.path.join(workdir, workdir_lib.EXPORT_DIR, name), partial)
   for name in PUBLISHED_FILES:
     if os.path.exists(os.path.join(workdir, name)):
       shutil.copy2(os.path.join(workdir, name), partial)
@@ -271,7 +270,7 @@ def publish(workdir: str, destination: str, variables: bool, packed: bool) -> No
 
 def published_current(destination: str, record: dict[str, Any] | None) -> bool:
   """Whether `destination` holds the variables of the run `record` describes."""
-  path = os.path.join(destination, 'summary.json')
+  path = os.path.join(destination, workdir_lib.SUMMARY_FILE)
   return bool(record) and os.path.exists(path) and (
       workdir_lib.read_json(path) == record['summary'])
 
@@ -316,7 +315,7 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     if not results or not (seed == 0 or start):
       return ''
     destination = published_dir(results, preset, row.name, seed)
-    summary = workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
+    summary = workdir_lib.read_json(os.path.join(workdir, workdir_lib.SUMMARY_FILE))
     if published_current(destination, {'summary': summary}):
       return ''
     sparsity = workdir_lib.read_json(
@@ -339,7 +338,7 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     record = prior.get((row.name, seed))
     done = finished(workdir) and workdir_config_matches(row, workdir, seed, overrides)
     if done and not outdated(row, seed, workdir_lib.read_json(
-        os.path.join(workdir, 'summary.json')).get('revision', 'unknown')):
+        os.path.join(workdir, workdir_lib.SUMMARY_FILE)).get('revision', 'unknown')):
       return 'finished', keep(row, seed, workdir), workdir
     recorded = bool(record) and same_config(row, record, overrides)
     published = published_dir(results, preset, row.name, seed) if results else ''
@@ -357,7 +356,7 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
       if not dependency:
         return 'blocked', f'needs row {row.start_from}', ''
       if row.widths_from_start:
-        widths = json.dumps(workdir_lib.read_json(os.path.join(dependency, 'widths.json')))
+        widths = json.dumps(workdir_lib.read_json(os.path.join(dependency, workdir_lib.WIDTHS_FILE)))
     if finished(workdir) or (os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE))
                              and not workdir_config_matches(row, workdir, seed, overrides)):
       move_aside(workdir)  # An unfinished run of this row's config resumes instead.
@@ -433,8 +432,8 @@ def records(table: tables.Table, statuses: list[dict[str, Any]],
     if status['status'] != 'finished':
       continue
     workdir = status['workdir']
-    summary = workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
-    attempts_path = os.path.join(workdir, ATTEMPTS_FILE)
+    summary = workdir_lib.read_json(os.path.join(workdir, workdir_lib.SUMMARY_FILE))
+    attempts_path = os.path.join(workdir, workdir_lib.ATTEMPTS_FILE)
     attempts = workdir_lib.read_json(attempts_path) if os.path.exists(attempts_path) else []
     row = rows[status['row']]
     decisions_path = os.path.join(workdir, workdir_lib.DECISIONS_FILE)
@@ -445,7 +444,7 @@ def records(table: tables.Table, statuses: list[dict[str, Any]],
         'hardware': summary.get('hardware', {'platform': summary.get('platform')}),
         'wall_time_s': wall_time(attempts, summary),
         'config': workdir_lib.read_json(os.path.join(workdir, workdir_lib.CONFIG_FILE)),
-        'widths': workdir_lib.read_json(os.path.join(workdir, 'widths.json')),
+        'widths': workdir_lib.read_json(os.path.join(workdir, workdir_lib.WIDTHS_FILE)),
         'summary': summary,
         **({'cost_check': workdir_lib.read_jsonl(decisions_path)}
            if os.path.exists(decisions_path) else {}),
@@ -540,15 +539,15 @@ def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
 
 
 def write_csv(path: str, table: tables.Table, recs: list[dict[str, Any]]) -> None:
-  with open(path + '.tmp', 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['row', 'label', 'method', 'seed', *[c.header for c in table.columns],
-                     'revision', 'hardware', 'workdir'])
-    for r in recs:
-      writer.writerow([r['row'], r['label'], r['method'], r['seed'],
-                       *[c.value(r) for c in table.columns], r['revision'],
-                       json.dumps(r['hardware'], sort_keys=True), r['workdir']])
-  os.replace(path + '.tmp', path)
+  text = io.StringIO(newline='')
+  writer = csv.writer(text)
+  writer.writerow(['row', 'label', 'method', 'seed', *[c.header for c in table.columns],
+                   'revision', 'hardware', 'workdir'])
+  for r in recs:
+    writer.writerow([r['row'], r['label'], r['method'], r['seed'],
+                     *[c.value(r) for c in table.columns], r['revision'],
+                     json.dumps(r['hardware'], sort_keys=True), r['workdir']])
+  workdir_lib.write_atomically(path, lambda f: f.write(text.getvalue()), 'w', newline='')
 
 
 def plot(path: str, table: tables.Table, recs: list[dict[str, Any]]) -> None:
@@ -569,9 +568,9 @@ def plot(path: str, table: tables.Table, recs: list[dict[str, Any]]) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path + '.tmp.png', dpi=120)
+  workdir_lib.write_atomically(path, lambda f: fig.savefig(f, format='png', dpi=120),
+                               'wb')
   plt.close(fig)
-  os.replace(path + '.tmp.png', path)
 
 
 def write_results(table: tables.Table, preset: str, recs: list[dict[str, Any]],
@@ -584,10 +583,9 @@ def write_results(table: tables.Table, preset: str, recs: list[dict[str, Any]],
   write_csv(base + '.csv', table, recs)
   if recs:
     plot(base + '.png', table, recs)
-  with open(base + '.md.tmp', 'w') as f:
-    f.write(markdown(table, preset, recs, statuses, seeds, provenance.revision(),
-                     os.path.relpath(directory, REPO)))
-  os.replace(base + '.md.tmp', base + '.md')
+  workdir_lib.write_text(base + '.md', markdown(
+      table, preset, recs, statuses, seeds, provenance.revision(),
+      os.path.relpath(directory, REPO)))
   return base + '.md'
 
 

@@ -73,7 +73,8 @@ def make_train_step(model: nn.Module, method: Method, schedule: optax.Schedule,
                     mean: np.ndarray, std: np.ndarray, mesh: Mesh,
                     task: Task = CLASSIFICATION
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """Builds the jitted step: forward, backward, update, non-finite guard."""
+  """Builds the jitted step: forward, backward, update (and the method's projection),
+  non-finite guard."""
   tx = method.tx
 
   def loss_fn(params, state: TrainState, batch: Batch):
@@ -90,6 +91,8 @@ def make_train_step(model: nn.Module, method: Method, schedule: optax.Schedule,
         loss_fn, has_aux=True)(state.params, state, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if method.project is not None:
+      params = method.project(params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(
@@ -110,6 +113,8 @@ def make_train_step(model: nn.Module, method: Method, schedule: optax.Schedule,
         'grad_norm': grad_norm,
         'learning_rate': schedule(state.step),
     }
+    if method.metrics is not None:
+      metrics.update(method.metrics(new_state.params, new_state.opt_state))
     return new_state, metrics
 
   rep, data = replicated(mesh), data_sharded(mesh)

@@ -1,100 +1,37 @@
-"""What a workdir holds besides checkpoints: its config, widths and result files."""
+"""The files of a workdir: their names, atomic writes and tolerant reads.
 
-import ast
-import glob
+Every file or directory a run keeps in its workdir is named here; every file is written
+through `write_atomically` (write a temporary file, then rename it).
+"""
+
 import json
 import os
-import re
-import shutil
-from typing import Any, Mapping
+from typing import IO, Any, Callable
 
 from absl import logging
-import ml_collections
 
-from configs import base
 from train import errors
 
 CONFIG_FILE = 'config.json'
-_CONFIGS_DIR = os.path.dirname(os.path.abspath(base.__file__))
 CHECKPOINT_DIR = 'checkpoints'
-SELECTION_DIR = 'selection'  # C2S2's progressive selection, before the final fine-tune.
-DECISIONS_FILE = 'c2s2.jsonl'  # C2S2's cost-check decisions, one JSON object a line.
+SELECTION_DIR = 'selection'  # Channel selection (C2S2, baselines), before the fine-tune.
+UNIT_START_DIR = 'unit_start'  # In SELECTION_DIR: C2S2's state when its unit began.
 DAMAGED_DIR = 'damaged'  # Damaged JSON files, moved aside (checkpoints: CHECKPOINT_DIR/damaged).
+TENSORBOARD_DIR = 'tensorboard'
+EXPORT_DIR = 'export'
+MANIFEST_FILE = 'manifest.json'  # In EXPORT_DIR: what the export holds, its test top-1.
+PACKED_FILE = 'cci_packed.npz'  # In EXPORT_DIR: a CCI model's packed kernels.
+METRICS_FILE = 'metrics.jsonl'
+SUMMARY_FILE = 'summary.json'
+EVAL_FILE = 'eval.json'
+DECISIONS_FILE = 'c2s2.jsonl'  # C2S2's cost-check decisions, one JSON object a line.
+WIDTHS_FILE = 'widths.json'  # The model's widths (a compact model's after selection).
+LAYERS_FILE = 'layers.json'  # CCI's per-layer sparsity table.
+EFFICIENCY_FILE = 'efficiency.json'
+ATTEMPTS_FILE = 'reproduce_attempts.json'  # train.reproduce: each attempt's wall time.
 RUN_DIRS = (CHECKPOINT_DIR, SELECTION_DIR, DAMAGED_DIR)
-RUN_FILES = ('metrics.jsonl', 'summary.json', 'eval.json', DECISIONS_FILE, 'widths.json',
-             'layers.json', 'efficiency.json')
-# Keys that change how a run is watched, not what it computes; they may differ
-# between an interrupted run and its resumption.
-RUN_CONTROL_KEYS = frozenset({
-    'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-    'keep_checkpoints', 'eval_batch_size', 'data.cache_dir'})
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}; sequences become lists for comparison."""
-  flat = {}
-  for key, value in tree.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, Mapping):
-      flat.update(flatten(value, name + '.'))
-    else:
-      flat[name] = list(value) if isinstance(value, (tuple, list)) else value
-  return flat
-
-
-def with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
-  """A saved config with keys added to the project since it was saved at their defaults."""
-  config = base.get_base_config()
-  config.update(saved)
-  return config.to_dict()
-
-
-def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-  """Keys whose values differ, ignoring run-control keys.
-
-  A key missing from `old` (added to the project after it was saved) counts as its
-  default, so upgrading the code does not orphan a workdir.
-  """
-  a, b = flatten(with_defaults(old)), flatten(new)
-  return sorted(k for k in a.keys() | b.keys()
-                if k not in RUN_CONTROL_KEYS and a.get(k) != b.get(k))
-
-
-def prepare(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
-  """Creates `workdir` and records `config` in it.
-
-  A workdir that holds checkpoints of a different experiment, or checkpoints without
-  the `config.json` that says whose they are, is refused, unless `overwrite`, which
-  deletes those checkpoints and results first.
-
-  Raises:
-    ValueError: the workdir belongs to another (or an unknown) experiment.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  if has_checkpoints(workdir):
-    saved = read_record(path)
-    if saved is not None:
-      diff = config_differences(saved, config.to_dict())
-      why = (f'checkpoints of another experiment (config keys that differ: '
-             f'{", ".join(diff)})')
-    else:
-      diff = [CONFIG_FILE]
-      damaged = os.path.exists(os.path.join(workdir, DAMAGED_DIR, CONFIG_FILE))
-      why = (f'checkpoints but no {CONFIG_FILE}'
-             f'{" (it was damaged: moved to " + DAMAGED_DIR + "/)" if damaged else ""}, '
-             'so not known to be of this experiment')
-    if diff and not overwrite:
-      raise ValueError(
-          f'Workdir {workdir} holds {why}. Use another --workdir, or pass '
-          '--overwrite to delete its checkpoints and start again.')
-    if diff:
-      for name in RUN_DIRS:
-        shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-      for name in RUN_FILES:
-        if os.path.exists(os.path.join(workdir, name)):
-          os.remove(os.path.join(workdir, name))
-  write_json(path, config.to_dict())
+RUN_FILES = (METRICS_FILE, SUMMARY_FILE, EVAL_FILE, DECISIONS_FILE, WIDTHS_FILE,
+             LAYERS_FILE, EFFICIENCY_FILE)
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -105,24 +42,6 @@ def has_checkpoints(workdir: str) -> bool:
   """
   return any(files for d in RUN_DIRS
              for _, _, files in os.walk(os.path.join(workdir, d)))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (for `--mode=eval` without --config)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f'{path} not found: {workdir} is not a training workdir; pass --config.')
-  saved = read_record(path)
-  if saved is None:
-    raise errors.UserError(
-        f'{path} was damaged (moved to {os.path.join(workdir, DAMAGED_DIR)}/); pass '
-        'the --config it was trained with.')
-  # Keys added to the project since the run started take their defaults.
-  config = base.get_base_config()
-  config.update(saved)
-  config.lock()
-  return config
 
 
 def read_json(path: str) -> Any:
@@ -154,39 +73,34 @@ def read_record(path: str) -> Any:
     return None
 
 
-def write_json(path: str, value: Any) -> None:
-  """Writes atomically: a reader never sees half a file.
+def write_atomically(path: str, write: Callable[[IO], Any], mode: str = 'w',
+                     **open_options: Any) -> None:
+  """Calls `write` on a temporary file beside `path`, then renames it to `path`: a
+  reader never sees half a file, and a failure leaves the previous file intact.
 
   Raises:
-    errors.DiskFullError: no space left; the previous file is intact.
+    errors.DiskFullError: no space left (names `path`).
   """
-  tmp = path + '.tmp'
+  tmp = f'{path}.{os.getpid()}.tmp'  # Two processes writing one file do not collide.
   try:
     with errors.naming_full_disk(path):
       errors.fail_if_disk_full_simulated(path)
-      with open(tmp, 'w') as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=_to_builtin)
-        f.write('\n')
+      with open(tmp, mode, **open_options) as f:
+        write(f)
       os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):  # Failed half-way: no half-written file is left.
       os.remove(tmp)
 
 
-def creating_command(workdir: str) -> str:
-  """The documented command that trains `workdir` (configs/*.py docstrings), or a
-  template of one."""
-  wanted = os.path.abspath(workdir)
-  for config_file in sorted(glob.glob(os.path.join(_CONFIGS_DIR, '*.py'))):
-    with open(config_file) as f:
-      doc = ast.get_docstring(ast.parse(f.read())) or ''
-    doc = doc.replace('\\\n', ' ')  # Continued lines.
-    for command in re.findall(r'python main\.py[^\n]*', doc):
-      command = ' '.join(command.split())
-      found = re.search(r'--workdir=(\S+)', command)
-      if found and os.path.abspath(found.group(1)) == wanted:
-        return command
-  return f'python main.py --config=<the config that trains it> --workdir={workdir}'
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically (`write_atomically`)."""
+  write_atomically(path, lambda f: f.write(text))
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes `value` as indented JSON with sorted keys, atomically."""
+  write_text(path, json.dumps(value, indent=2, sort_keys=True, default=_to_builtin) + '\n')
 
 
 def _to_builtin(value: Any) -> Any:

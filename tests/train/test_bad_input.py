@@ -15,7 +15,7 @@ import pytest
 
 from configs import cci_schedules
 from tests.train.test_loop import tiny_config
-from train import checkpoints, loop, models
+from train import checkpoints, dispatch, models
 
 
 def oneshot_from(workdir, **model):
@@ -36,7 +36,7 @@ def oneshot_from(workdir, **model):
 def test_init_from_another_model_or_widths_names_the_variable(tiny_dense_workdir,
                                                               tmp_path, model, message):
   with pytest.raises(ValueError, match=message):
-    loop.train_and_evaluate(oneshot_from(tiny_dense_workdir, **model), str(tmp_path))
+    dispatch.train_and_evaluate(oneshot_from(tiny_dense_workdir, **model), str(tmp_path))
   written = tmp_path / 'checkpoints'
   assert not written.exists() or not os.listdir(written)
 
@@ -51,7 +51,7 @@ def test_init_from_a_deeper_model_is_refused(tmp_path):
   ckpt.close()
   with pytest.raises(ValueError, match=r'holds \d+ variable\(s\) this model lacks, e\.g\. '
                      r"\['batch_stats'\]\['stage1_block1'\]"):
-    loop.train_and_evaluate(oneshot_from(str(tmp_path / 'resnet14')),
+    dispatch.train_and_evaluate(oneshot_from(str(tmp_path / 'resnet14')),
                             str(tmp_path / 'run'))
 
 
@@ -70,9 +70,9 @@ def test_rerun_with_another_config_is_refused_and_loses_nothing(tiny_dense_workd
   config.optimizer.learning_rate = 0.5
   with pytest.raises(ValueError, match=r'checkpoints of another experiment .*'
                      r'optimizer.learning_rate.*--overwrite'):
-    loop.train_and_evaluate(config, workdir)
+    dispatch.train_and_evaluate(config, workdir)
   os.remove(os.path.join(workdir, 'config.json'))  # Whose checkpoints are these?
   with pytest.raises(ValueError, match='checkpoints but no config.json.*--overwrite'):
-    loop.train_and_evaluate(tiny_config(num_train_steps=80), workdir)
+    dispatch.train_and_evaluate(tiny_config(num_train_steps=80), workdir)
   del before[os.path.join(workdir, 'config.json')]
   assert snapshot(workdir) == before

@@ -17,7 +17,7 @@ import pytest
 from tests.c2s2.test_surgery import _compact, _masked_logits, _random_pruning, _setup
 from tests.train.test_c2s2_driver import c2s2_config, decisions
 from tests.train.test_channel_baselines import baseline_config
-from train import c2s2_driver, checkpoints, data, experiment, loop, steps
+from train import c2s2_setup, checkpoints, data, dispatch, loop, model_setup, steps
 
 
 @pytest.mark.parametrize('shortcut, streams', [
@@ -51,20 +51,21 @@ def phase1_scales(dense_workdir, dtype):
   """The first unit's scales and the loss after five C2S2 phase-1 steps."""
   config = c2s2_config(dense_workdir)
   config.model.dtype = dtype
-  setup = c2s2_driver.make_setup(config)
-  model = c2s2_driver.build_model(config, setup.dataset.num_classes, setup.original_widths)
-  graph = c2s2_driver.trace_graph(model, setup.dataset.image_shape)
+  setup = c2s2_setup.make_setup(config)
+  model = model_setup.build_model(config, setup.dataset.num_classes, setup.original_widths)
+  graph = model_setup.trace_graph(model, setup.dataset.image_shape)
   variables = checkpoints.load_variables(
-      dense_workdir, experiment.abstract_variables(model, setup.dataset.image_shape))
-  state = steps.replicate(c2s2_driver.initial_state(variables, setup.tx), setup.mesh)
-  state = c2s2_driver.with_unit(state, graph, setup.units[0])
-  step = c2s2_driver.make_train_step(setup, model, graph, 'phase1', setup.lambdas)
+      dense_workdir, model_setup.abstract_variables(model, setup.dataset.image_shape))
+  state = steps.replicate(c2s2_setup.initial_state(setup, graph, variables), setup.mesh)
+  state = c2s2_setup.with_unit(state, graph, setup.units[0])
+  step = c2s2_setup.make_train_step(setup, model, graph, 'phase1', setup.lambdas)
   batches = data.train_batches(setup.dataset.train, batch_size=config.batch_size,
                                seed=0, start_step=0, crop_padding=1, flip=True)
   for _ in range(5):
     state, values = step(state, steps.to_global(next(batches), setup.mesh))
   batches.close()
-  return state.scales[setup.units[0][0]], float(values['loss'])
+  return (state.params[c2s2_setup.SCALES_KEY][setup.units[0][0]],
+          float(values['loss']))
 
 
 def test_c2s2_selection_steps_in_bfloat16_follow_float32(tiny_dense_workdir):
@@ -82,7 +83,7 @@ def test_c2s2_selection_steps_in_bfloat16_follow_float32(tiny_dense_workdir):
 def test_c2s2_selects_prunes_and_fine_tunes_in_bfloat16(tiny_dense_workdir, tmp_path):
   config = c2s2_config(tiny_dense_workdir)
   config.model.dtype = 'bfloat16'
-  summary = loop.train_and_evaluate(config, str(tmp_path))
+  summary = dispatch.train_and_evaluate(config, str(tmp_path))
   assert [d['unit'] for d in decisions(str(tmp_path))] == [0, 1, 2]
   channels = summary['channels']
   assert any(v['kept'] < v['original'] for v in channels.values()), channels
@@ -98,7 +99,7 @@ def test_c2s2_selects_prunes_and_fine_tunes_in_bfloat16(tiny_dense_workdir, tmp_
 def test_channel_baselines_in_bfloat16(tiny_dense_workdir, tmp_path, method, settings):
   config = baseline_config(tiny_dense_workdir, method, **settings)
   config.model.dtype = 'bfloat16'
-  summary = loop.train_and_evaluate(config, str(tmp_path))
+  summary = dispatch.train_and_evaluate(config, str(tmp_path))
   channels = summary['channels']
   pruned = {k: v for k, v in channels.items() if v['kept'] < v['original']}
   assert pruned

@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
+from c2s2 import optim as c2s2_optim
 from configs import c2s2_schedules
 from tests.train.test_loop import tiny_config
-from train import c2s2_driver, loop
+from train import (c2s2_driver, c2s2_setup, checkpoints, dispatch, errors, loop,
+                   saved_config)
 from train import workdir as workdir_lib
 
 
@@ -36,7 +38,7 @@ def c2s2_config(dense_workdir, **channel_pruning):
 def finished(dense_workdir, tmp_path_factory):
   """A whole C2S2 run: its workdir and summary."""
   workdir = str(tmp_path_factory.mktemp('c2s2'))
-  return workdir, loop.train_and_evaluate(c2s2_config(dense_workdir), workdir)
+  return workdir, dispatch.train_and_evaluate(c2s2_config(dense_workdir), workdir)
 
 
 def decisions(workdir):
@@ -58,27 +60,40 @@ def test_c2s2_prunes_fine_tunes_and_evaluates_from_the_workdir(dense_workdir, fi
   with open(os.path.join(workdir, 'widths.json')) as f:
     assert {k: v['kept'] for k, v in channels.items()} == json.load(f)
   # The compact checkpoint evaluates from its workdir alone.
-  result = loop.evaluate_checkpoint(workdir_lib.load_config(workdir), workdir)
+  result = loop.evaluate_checkpoint(saved_config.load_config(workdir), workdir)
   assert result['top1'] == pytest.approx(summary['top1'])
   # A finished run is not redone.
-  assert loop.train_and_evaluate(c2s2_config(dense_workdir), workdir)['top1'] == \
+  assert dispatch.train_and_evaluate(c2s2_config(dense_workdir), workdir)['top1'] == \
       pytest.approx(summary['top1'])
+
+
+def metric_lines(workdir, split):
+  return [r for r in workdir_lib.read_jsonl(os.path.join(workdir, workdir_lib.METRICS_FILE))
+          if r['split'] == split]
 
 
 def selection_checkpoint(config, workdir, step):
   """The selection's state and position saved at `step`."""
   driver = c2s2_driver.Driver(config, workdir)
   try:
-    pos = driver.ckpt.meta(step)
-    state, _ = driver.ckpt.restore(step, driver._abstract(pos))
+    record = driver.ckpt.meta(step)
+    state, _ = driver.ckpt.restore(step, driver._abstract(record))
   finally:
     driver.ckpt.close()
     driver.unit_start.close()
-  return jax.device_get(state), pos
+  return jax.device_get(state), c2s2_driver.Position.from_record(record, str(step))
+
+
+def scales_of(state):
+  return state.params[c2s2_setup.SCALES_KEY]
+
+
+def layers_of(state):
+  return c2s2_optim.layer_state(state.opt_state)
 
 
 def dense_variables(dense_workdir):
-  config = workdir_lib.load_config(dense_workdir)
+  config = saved_config.load_config(dense_workdir)
   state = loop.restore_latest(config, dense_workdir)[1]
   return jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
 
@@ -110,11 +125,11 @@ def over_budget_runs(dense_workdir, tmp_path_factory):
     config = c2s2_config(dense_workdir, **cp)
     config.keep_checkpoints = 100  # Every decision's checkpoint stays to be read.
     straight = str(tmp_path_factory.mktemp(name))
-    summary = loop.train_and_evaluate(config, straight)
+    summary = dispatch.train_and_evaluate(config, straight)
     interrupted = str(tmp_path_factory.mktemp(name + '_interrupted'))
     stop = decisions(straight)[0]['step'] + 2
-    assert loop.train_and_evaluate(config, interrupted, stop_at_step=stop) == {}
-    loop.train_and_evaluate(config, interrupted)
+    assert dispatch.train_and_evaluate(config, interrupted, stop_at_step=stop) == {}
+    dispatch.train_and_evaluate(config, interrupted)
     runs[name] = config, straight, summary, interrupted
   return runs
 
@@ -129,11 +144,12 @@ def test_give_up_returns_each_unit_to_its_start(dense_workdir, over_budget_runs)
   # Selection ends where the dense start began: weights, statistics, every channel.
   final = log[-1]['step']
   state, pos = selection_checkpoint(config, workdir, final)
-  assert pos['finished']
-  assert_trees_equal({'params': state.params, 'batch_stats': state.batch_stats},
+  assert pos.finished
+  assert_trees_equal({'params': c2s2_setup.model_params(state),
+                      'batch_stats': state.batch_stats},
                      dense_variables(dense_workdir))
   # The fine-tuned model has no dead channel (a zero norm scale never recovers).
-  params = loop.restore_latest(workdir_lib.load_config(workdir), workdir)[1].params
+  params = loop.restore_latest(saved_config.load_config(workdir), workdir)[1].params
   for block in ('stage1_block0', 'stage2_block0', 'stage3_block0'):
     scale = np.asarray(params[block]['bn1']['scale'])
     assert np.all(scale != 0), (block, scale)
@@ -151,11 +167,11 @@ def test_restore_keeps_half_the_pruned_channels_again(over_budget_runs):
   # What the restore left: the masks of the next phase 2, restored scales at 1, the
   # phase-2 weights kept (not reset).
   state, pos = selection_checkpoint(config, workdir, log[0]['step'])
-  assert pos['phase'] == 'phase2' and pos['retry'] == 1
-  mask = np.asarray(state.masks[name]) > 0
+  assert pos.phase == 'phase2' and pos.retry == 1
+  mask = np.asarray(layers_of(state).masks[name]) > 0
   assert mask.sum() == kept[1]
-  assert np.all(np.asarray(state.scales[name])[mask] != 0)
-  assert np.all(np.asarray(state.scales[name])[~mask] == 0)
+  assert np.all(np.asarray(scales_of(state)[name])[mask] != 0)
+  assert np.all(np.asarray(scales_of(state)[name])[~mask] == 0)
   # The run ends with the last decision's widths.
   expected = log[-1]['layers'][name]['kept'] if log[-1]['action'] == 'accept' else size
   assert summary['channels'][name]['kept'] == expected
@@ -169,12 +185,13 @@ def test_halve_lambda_redoes_phase_one_from_the_unit_start(dense_workdir,
   assert [d['action'] for d in log] == ['halve_lambda', 'give_up'], log
   assert [d['layers'][name]['lambda'] for d in log] == [20.0, 10.0]
   state, pos = selection_checkpoint(config, workdir, log[0]['step'])
-  assert pos['phase'] == 'phase1' and pos['lambdas'][name] == 10.0
+  assert pos.phase == 'phase1' and pos.lambdas[name] == 10.0
   assert int(state.step) == log[0]['step']  # Batches keep following the step.
-  assert_trees_equal({'params': state.params, 'batch_stats': state.batch_stats},
+  assert_trees_equal({'params': c2s2_setup.model_params(state),
+                      'batch_stats': state.batch_stats},
                      dense_variables(dense_workdir))
-  np.testing.assert_array_equal(state.scales[name], 1.0)
-  np.testing.assert_array_equal(state.importance[name], 0.0)
+  np.testing.assert_array_equal(scales_of(state)[name], 1.0)
+  np.testing.assert_array_equal(layers_of(state).importance[name], 0.0)
   assert summary['channels'][name]['kept'] == summary['channels'][name]['original']
 
 
@@ -182,8 +199,8 @@ def test_halve_lambda_redoes_phase_one_from_the_unit_start(dense_workdir,
 def test_resume_inside_each_branch_ends_identically(over_budget_runs, branch):
   config, straight, _, interrupted = over_budget_runs[branch]
   assert decisions(interrupted) == decisions(straight)
-  a = loop.restore_latest(workdir_lib.load_config(straight), straight)[1]
-  b = loop.restore_latest(workdir_lib.load_config(interrupted), interrupted)[1]
+  a = loop.restore_latest(saved_config.load_config(straight), straight)[1]
+  b = loop.restore_latest(saved_config.load_config(interrupted), interrupted)[1]
   assert_trees_equal(a.params, b.params)
 
 
@@ -196,7 +213,7 @@ def test_resume_inside_each_branch_ends_identically(over_budget_runs, branch):
 def test_impossible_settings_fail_before_training(dense_workdir, tmp_path, key, value,
                                                   message):
   with pytest.raises(ValueError, match=message):
-    loop.train_and_evaluate(c2s2_config(dense_workdir, **{key: value}), str(tmp_path))
+    dispatch.train_and_evaluate(c2s2_config(dense_workdir, **{key: value}), str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, 'selection'))
 
 
@@ -205,14 +222,14 @@ def test_held_out_split_must_exist(dense_workdir, tmp_path, held_out, message):
   config = c2s2_config(dense_workdir)
   config.data.held_out = held_out
   with pytest.raises(ValueError, match=f'data.held_out.*{message}'):
-    loop.train_and_evaluate(config, str(tmp_path))
+    dispatch.train_and_evaluate(config, str(tmp_path))
 
 
 def test_c2s2_needs_a_pretrained_model(tmp_path):
   config = c2s2_config('')
   config.init_from = ''
   with pytest.raises(ValueError, match='init_from'):
-    loop.train_and_evaluate(config, str(tmp_path))
+    dispatch.train_and_evaluate(config, str(tmp_path))
 
 
 def test_selection_resumes_inside_a_phase_to_identical_results(dense_workdir, finished,
@@ -220,11 +237,54 @@ def test_selection_resumes_inside_a_phase_to_identical_results(dense_workdir, fi
   straight, interrupted = finished[0], str(tmp_path / 'interrupted')
   config = c2s2_config(dense_workdir)
   # Unit 1's phase 1 runs from step 11 to 18; the last checkpoint before 17 is at 16.
-  assert loop.train_and_evaluate(config, interrupted, stop_at_step=17) == {}
-  summary = loop.train_and_evaluate(config, interrupted)
+  assert dispatch.train_and_evaluate(config, interrupted, stop_at_step=17) == {}
+  logged = [r['step'] for r in metric_lines(interrupted, 'selection')]
+  assert logged and max(logged) == 16  # Logged every 2 steps.
+  summary = dispatch.train_and_evaluate(config, interrupted)
+  for split in ('selection', 'held_out'):  # Each step logged once.
+    assert ([r['step'] for r in metric_lines(interrupted, split)] ==
+            [r['step'] for r in metric_lines(straight, split)]), split
+  assert metric_lines(interrupted, 'held_out') == metric_lines(straight, 'held_out')
   assert decisions(interrupted) == decisions(straight)
-  a = loop.restore_latest(workdir_lib.load_config(straight), straight)[1]
-  b = loop.restore_latest(workdir_lib.load_config(interrupted), interrupted)[1]
+  a = loop.restore_latest(saved_config.load_config(straight), straight)[1]
+  b = loop.restore_latest(saved_config.load_config(interrupted), interrupted)[1]
   jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
   with open(os.path.join(straight, 'summary.json')) as f:
     assert json.load(f)['top1'] == summary['top1']
+
+
+def test_selection_logs_metrics_and_tensorboard_like_training(finished):
+  workdir, _ = finished
+  lines = metric_lines(workdir, 'selection')
+  assert lines and all({'loss', 'accuracy', 'grad_norm', 'learning_rate', 'kept_fraction',
+                        'images_per_s'} <= r.keys() for r in lines)
+  assert all(np.isfinite(r['grad_norm']) and r['grad_norm'] > 0 for r in lines)
+  assert [r['step'] for r in lines] == sorted({r['step'] for r in lines})
+  log = decisions(workdir)
+  assert lines[-1]['step'] == log[-1]['step']  # Every phase logs its last step.
+  # The reference, then every cost check, at the step it was made.
+  held_out = metric_lines(workdir, 'held_out')
+  assert [r['step'] for r in held_out] == [0] + [d['step'] for d in log]
+  assert [r['top1'] for r in held_out[1:]] == [d['cost']['top1'] for d in log]
+  assert held_out[0]['top1'] == log[0]['reference']['top1']
+  # The fine-tune's own lines follow, counted from its step 0.
+  assert metric_lines(workdir, 'train') and metric_lines(workdir, 'test')
+  events = b''.join(open(os.path.join(root, name), 'rb').read()
+                    for root, _, names in os.walk(os.path.join(workdir, 'tensorboard'))
+                    for name in names)
+  assert b'selection/grad_norm' in events and b'held_out/top1' in events
+
+
+def test_a_selection_checkpoint_of_an_older_revision_is_refused_by_name(dense_workdir,
+                                                                        tmp_path):
+  config, workdir = c2s2_config(dense_workdir), str(tmp_path)
+  saved_config.prepare(workdir, config, overwrite=False)
+  old = checkpoints.Checkpointer(os.path.join(workdir, 'selection', 'checkpoints'), 1)
+  old.save(3, {'step': np.int32(3), 'scales': {}}, {'unit': 0, 'phase': 'phase1'})
+  old.wait()
+  old.close()
+  path = os.path.join(workdir, 'selection', 'checkpoints', '3')
+  with pytest.raises(errors.UserError, match=f'{path} is a C2S2 selection checkpoint of '
+                     'an older revision.*Delete'):
+    dispatch.train_and_evaluate(config, workdir)
+  assert os.path.isdir(path)  # Refused, not deleted.

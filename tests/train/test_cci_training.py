@@ -10,13 +10,13 @@ import pytest
 import cci
 from configs import cci_schedules
 from tests.train.test_loop import final_state, tiny_config
-from train import loop
+from train import dispatch, loop
 
 
 @pytest.fixture(scope='module')
 def dense_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('dense'))
-  loop.train_and_evaluate(tiny_config(), workdir)
+  dispatch.train_and_evaluate(tiny_config(), workdir)
   return workdir
 
 
@@ -33,7 +33,7 @@ def cci_config(method, dense_workdir):
 def test_every_grouped_kernel_in_the_checkpoint_is_exactly_cci(method, dense_workdir,
                                                               tmp_path):
   config = cci_config(method, dense_workdir)
-  summary = loop.train_and_evaluate(config, str(tmp_path))
+  summary = dispatch.train_and_evaluate(config, str(tmp_path))
   state = final_state(config, str(tmp_path))
   masks = cci.find_state(state.opt_state).masks
   grouped = 0
@@ -54,9 +54,9 @@ def test_every_grouped_kernel_in_the_checkpoint_is_exactly_cci(method, dense_wor
 
 def test_an_interrupted_cci_run_resumes_to_the_same_state(tmp_path):
   config = cci_config('dynamic', '')
-  loop.train_and_evaluate(config, str(tmp_path / 'a'))
-  loop.train_and_evaluate(config, str(tmp_path / 'b'), stop_at_step=10)
-  loop.train_and_evaluate(config, str(tmp_path / 'b'))
+  dispatch.train_and_evaluate(config, str(tmp_path / 'a'))
+  dispatch.train_and_evaluate(config, str(tmp_path / 'b'), stop_at_step=10)
+  dispatch.train_and_evaluate(config, str(tmp_path / 'b'))
   a, b = final_state(config, str(tmp_path / 'a')), final_state(config, str(tmp_path / 'b'))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -72,19 +72,19 @@ def test_bad_sparsity_settings_fail_before_training(tmp_path, key, value, messag
   config = cci_config('dynamic', '')
   config.sparsity[key] = value
   with pytest.raises(ValueError, match=message):
-    loop.train_and_evaluate(config, str(tmp_path))
+    dispatch.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
 def test_init_from_a_missing_workdir_names_it(tmp_path):
   config = cci_config('oneshot', str(tmp_path / 'nowhere'))
   with pytest.raises(FileNotFoundError, match='nowhere'):
-    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+    dispatch.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_efficiency_mode_needs_a_dense_reference_for_a_cci_model(dense_workdir, tmp_path):
   config = cci_config('dynamic', '')
-  loop.train_and_evaluate(config, str(tmp_path))
+  dispatch.train_and_evaluate(config, str(tmp_path))
   with pytest.raises(ValueError, match='--reference'):
     loop.efficiency(config, str(tmp_path), '', pes=64)
   result = loop.efficiency(config, str(tmp_path), dense_workdir, pes=64)
@@ -102,7 +102,7 @@ def test_unstructured_baseline_reaches_its_density_with_csr_index_bits(dense_wor
   baseline_schedules.apply(config, 'unstructured', dense_workdir)
   config.num_train_steps = 8
   config.sparsity.update_every = 2
-  summary = loop.train_and_evaluate(config, str(tmp_path))
+  summary = dispatch.train_and_evaluate(config, str(tmp_path))
   state = final_state(config, str(tmp_path))
   masks = cci.find_state(state.opt_state).masks
   kernels = [(np.asarray(w), np.asarray(m)) for w, m in
@@ -124,7 +124,7 @@ def test_bfloat16_compute_keeps_float32_params_and_exact_masks(tmp_path):
   config.model.dtype = 'bfloat16'
   config.sparsity.method = 'dynamic'
   config.sparsity.freeze_fraction = 0.5
-  summary = loop.train_and_evaluate(config, str(tmp_path))
+  summary = dispatch.train_and_evaluate(config, str(tmp_path))
   state = final_state(config, str(tmp_path))
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype('float32')}
   masks = [m for m in jax.tree.leaves(cci.find_state(state.opt_state).masks) if np.ndim(m)]

@@ -8,7 +8,7 @@ import pytest
 import c2s2
 from c2s2 import surgery
 from tests.train.test_loop import tiny_config
-from train import c2s2_driver, channel_baselines, checkpoints, data, experiment, loop
+from train import channel_baselines, checkpoints, data, dispatch, model_setup
 from train import models
 
 
@@ -25,11 +25,11 @@ def test_masked_and_physically_pruned_models_agree(tiny_dense_workdir):
   config = tiny_config()
   dataset = data.load_dataset(config.data)
   widths = models.default_widths(config.model.name, dataset.num_classes, 'A')
-  model = c2s2_driver.build_model(config, dataset.num_classes, widths)
-  graph = c2s2_driver.trace_graph(model, dataset.image_shape)
-  names = c2s2_driver.candidate_groups(graph, config.channel_pruning)
+  model = model_setup.build_model(config, dataset.num_classes, widths)
+  graph = model_setup.trace_graph(model, dataset.image_shape)
+  names = model_setup.candidate_groups(graph, config.channel_pruning)
   variables = checkpoints.load_variables(
-      tiny_dense_workdir, experiment.abstract_variables(model, dataset.image_shape))
+      tiny_dense_workdir, model_setup.abstract_variables(model, dataset.image_shape))
   importance = channel_baselines.importance_of('l1_filter', variables['params'], graph, names)
   masks = channel_baselines.masks_at('l1_filter', importance, 0.5, 2, 1)
   compact = surgery.slice_variables(variables, surgery.plan(graph, masks, variables))
@@ -43,14 +43,14 @@ def test_masked_and_physically_pruned_models_agree(tiny_dense_workdir):
                 for s in graph.group(n).sites}
   with c2s2.pruning_layers(sites, site_masks):
     masked = model.apply(variables, x, train=False)
-  small = c2s2_driver.build_model(config, dataset.num_classes, kept)
+  small = model_setup.build_model(config, dataset.num_classes, kept)
   np.testing.assert_allclose(small.apply(compact, x, train=False), masked, rtol=1e-5,
                              atol=1e-5)
 
 
 def test_l1_filter_prunes_the_fraction_and_fine_tunes(tiny_dense_workdir, tmp_path):
   workdir = str(tmp_path / 'l1')
-  summary = loop.train_and_evaluate(
+  summary = dispatch.train_and_evaluate(
       baseline_config(tiny_dense_workdir, 'l1_filter', prune_fraction=0.5), workdir)
   channels = summary['channels']
   pruned = {k: v for k, v in channels.items() if v['kept'] < v['original']}
@@ -58,7 +58,7 @@ def test_l1_filter_prunes_the_fraction_and_fine_tunes(tiny_dense_workdir, tmp_pa
   assert all(v['kept'] == v['original'] // 2 for v in pruned.values())
   assert summary['macs'] < summary['macs_original'] and 0 <= summary['top1'] <= 1
   # Rerun: the pruned model in the workdir is reused, nothing is pruned twice.
-  again = loop.train_and_evaluate(
+  again = dispatch.train_and_evaluate(
       baseline_config(tiny_dense_workdir, 'l1_filter', prune_fraction=0.5), workdir)
   assert again['channels'] == channels
 
@@ -68,9 +68,9 @@ def test_slimming_trains_l1_on_scales_then_meets_the_macs_target(tiny_dense_work
   sparse = str(tmp_path / 'sparse')
   config = tiny_config(num_train_steps=8, init_from=tiny_dense_workdir)
   config.optimizer.norm_scale_l1 = 0.5
-  loop.train_and_evaluate(config, sparse)
+  dispatch.train_and_evaluate(config, sparse)
   workdir = str(tmp_path / 'slim')
-  summary = loop.train_and_evaluate(
+  summary = dispatch.train_and_evaluate(
       baseline_config(sparse, 'slimming', target_macs_ratio=0.8), workdir)
   assert summary['macs'] <= 0.8 * summary['macs_original']
   assert all(v['kept'] >= 2 for v in summary['channels'].values())
@@ -97,4 +97,4 @@ def test_norm_scale_l1_pushes_norm_scales_only():
 def test_bad_baseline_settings_are_named(tiny_dense_workdir, tmp_path, key, value, message):
   config = baseline_config(tiny_dense_workdir, 'l1_filter', **{key: value})
   with pytest.raises(ValueError, match=message):
-    loop.train_and_evaluate(config, str(tmp_path / 'bad'))
+    dispatch.train_and_evaluate(config, str(tmp_path / 'bad'))

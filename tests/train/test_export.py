@@ -24,7 +24,7 @@ from tests import markdown_docs
 from tests.test_main import run_main
 from tests.train.test_c2s2_driver import c2s2_config
 from tests.train.test_cci_training import cci_config
-from train import export, export_run, loop, steps
+from train import dispatch, export, export_run, loop, saved_config, steps
 from train import workdir as workdir_lib
 
 HAS_ONNX = all(importlib.util.find_spec(m) for m in export.ONNX_MODULES)
@@ -32,7 +32,7 @@ FORMATS = export.FORMATS if HAS_ONNX else ('stablehlo',)
 
 
 def train(config, workdir):
-  loop.train_and_evaluate(config, workdir)
+  dispatch.train_and_evaluate(config, workdir)
   return workdir
 
 
@@ -49,15 +49,15 @@ def runs(tiny_dense_workdir, tmp_path_factory):
 def exported(request, runs):
   """A run's workdir, its export manifest and its summary."""
   workdir = runs[request.param]
-  config = workdir_lib.load_config(workdir)
+  config = saved_config.load_config(workdir)
   manifest = export_run.export_workdir(config, workdir, FORMATS)
   return request.param, workdir, manifest, workdir_lib.read_json(
-      os.path.join(workdir, loop.SUMMARY_FILE))
+      os.path.join(workdir, workdir_lib.SUMMARY_FILE))
 
 
 def in_process(workdir):
   """The run's eval model (unfolded, masked weights) and its normalised test split."""
-  exp, state, _ = loop.restore_latest(workdir_lib.load_config(workdir), workdir)
+  exp, state, _ = loop.restore_latest(saved_config.load_config(workdir), workdir)
   variables = {'params': exp.method.forward_params(state.params, state.opt_state),
                'batch_stats': state.batch_stats}
   images, labels = exp.dataset.test.get_batch(np.arange(len(exp.dataset.test)))
@@ -68,7 +68,7 @@ def in_process(workdir):
 def test_exported_outputs_equal_the_model_on_the_test_split(exported):
   _, workdir, manifest, summary = exported
   _, _, logits, x, labels = in_process(workdir)
-  directory = os.path.join(workdir, export_run.EXPORT_DIR)
+  directory = os.path.join(workdir, workdir_lib.EXPORT_DIR)
   for fmt in FORMATS:
     out = export.load(directory, fmt)(x)
     np.testing.assert_allclose(out, logits, atol=1e-4 * float(np.abs(logits).max()))
@@ -107,7 +107,7 @@ def test_manifest_describes_the_run(exported):
 def test_cci_packed_weights_unpack_to_the_folded_masked_kernels(exported):
   _, workdir, _, _ = exported
   _, state, _, _, _ = in_process(workdir)
-  packed = np.load(os.path.join(workdir, 'export', export_run.PACKED_FILE))
+  packed = np.load(os.path.join(workdir, 'export', workdir_lib.PACKED_FILE))
   g, k = int(packed['group_size']), int(packed['keep'])
   assert (g, k) == (8, 2)
   masks = cci.find_state(state.opt_state).masks
@@ -141,7 +141,7 @@ def test_documented_snippet_runs_the_stablehlo_export_with_jax_alone(runs, tmp_p
   """docs/export.md's code that loads the StableHLO export with jax alone, as written."""
   workdir = runs['dense']
   if not os.path.exists(os.path.join(workdir, 'export', 'manifest.json')):
-    export_run.export_workdir(workdir_lib.load_config(workdir), workdir, ['stablehlo'])
+    export_run.export_workdir(saved_config.load_config(workdir), workdir, ['stablehlo'])
   code = markdown_docs.marked_block('docs/export.md', 'stablehlo snippet').replace(
       '/tmp/quickstart', workdir)
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
@@ -206,16 +206,16 @@ def test_export_of_an_nnx_model_through_its_pure_function(tmp_path):
 def test_unfinished_run_is_refused_and_nothing_is_written(runs, tmp_path):
   workdir = str(tmp_path / 'run')  # A run stopped before its summary: checkpoints only.
   shutil.copytree(runs['dense'], workdir, ignore=shutil.ignore_patterns(
-      'export', loop.SUMMARY_FILE))
+      'export', workdir_lib.SUMMARY_FILE))
   with pytest.raises(export.ExportError, match='no finished run.*summary.json'):
-    export_run.export_workdir(workdir_lib.load_config(workdir), workdir, ['stablehlo'])
+    export_run.export_workdir(saved_config.load_config(workdir), workdir, ['stablehlo'])
   assert not [n for n in os.listdir(workdir) if 'export' in n]
   # A torn summary counts as none: refused the same way, the file kept in damaged/.
-  with open(os.path.join(workdir, loop.SUMMARY_FILE), 'w') as f:
+  with open(os.path.join(workdir, workdir_lib.SUMMARY_FILE), 'w') as f:
     f.write('{"top1": 0.9')
   with pytest.raises(export.ExportError, match='no intact summary.json'):
-    export_run.export_workdir(workdir_lib.load_config(workdir), workdir, ['stablehlo'])
-  assert os.path.exists(os.path.join(workdir, workdir_lib.DAMAGED_DIR, loop.SUMMARY_FILE))
+    export_run.export_workdir(saved_config.load_config(workdir), workdir, ['stablehlo'])
+  assert os.path.exists(os.path.join(workdir, workdir_lib.DAMAGED_DIR, workdir_lib.SUMMARY_FILE))
   assert not [n for n in os.listdir(workdir) if 'export' in n]
 
 
@@ -228,7 +228,7 @@ def test_bad_settings_name_themselves_and_write_nothing(runs, tmp_path, formats,
   workdir = runs['dense']
   target = str(tmp_path / 'out')
   with pytest.raises(export.ExportError, match=message):
-    export_run.export_workdir(workdir_lib.load_config(workdir), workdir, formats, batch,
+    export_run.export_workdir(saved_config.load_config(workdir), workdir, formats, batch,
                               directory=target)
   assert os.listdir(tmp_path) == []
 

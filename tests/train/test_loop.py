@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from train import checkpoints, data, experiment, loop, models, steps
+from train import checkpoints, data, dispatch, experiment, loop, models, steps
 from train.checkpoints import Checkpointer, abstract_like
 
 
@@ -70,11 +70,11 @@ def test_vgg_steps_on_the_trainer_mesh(tmp_path):
 def test_interrupted_run_resumes_to_identical_parameters(tmp_path):
   config = tiny_config()
   straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
-  loop.train_and_evaluate(config, straight)
-  assert loop.train_and_evaluate(config, interrupted, stop_at_step=10) == {}
+  dispatch.train_and_evaluate(config, straight)
+  assert dispatch.train_and_evaluate(config, interrupted, stop_at_step=10) == {}
   assert Checkpointer(os.path.join(interrupted, 'checkpoints'), 3,
                       read_only=True).latest_step() == 8
-  summary = loop.train_and_evaluate(config, interrupted)
+  summary = dispatch.train_and_evaluate(config, interrupted)
   a, b = final_state(config, straight), final_state(config, interrupted)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -85,7 +85,7 @@ def test_interrupted_run_resumes_to_identical_parameters(tmp_path):
 
 def test_summary_and_eval_mode(tmp_path):
   workdir = str(tmp_path)
-  summary = loop.train_and_evaluate(tiny_config(), workdir)
+  summary = dispatch.train_and_evaluate(tiny_config(), workdir)
   for key in ('top1', 'loss', 'params', 'params_dense', 'macs', 'macs_dense',
               'wall_time_s', 'steps', 'train_images_per_s'):
     assert key in summary, key
@@ -103,9 +103,9 @@ def test_non_finite_loss_stops_and_names_the_step(tmp_path):
   config = tiny_config()
   config.optimizer.learning_rate = 1e30
   with pytest.raises(checkpoints.NonFiniteError, match=r'at step \d+.*checkpoint'):
-    loop.train_and_evaluate(config, str(tmp_path / 'stop'))
+    dispatch.train_and_evaluate(config, str(tmp_path / 'stop'))
   config.on_nonfinite = 'skip'
-  summary = loop.train_and_evaluate(config, str(tmp_path / 'skip'))
+  summary = dispatch.train_and_evaluate(config, str(tmp_path / 'skip'))
   assert summary['nonfinite_steps_skipped'] > 0
 
 
@@ -113,10 +113,10 @@ def test_bad_values_fail_before_training_and_name_the_key(tmp_path):
   config = tiny_config()
   config.data.source = 'ftp'
   with pytest.raises(ValueError, match='data.source'):
-    loop.train_and_evaluate(config, str(tmp_path))
+    dispatch.train_and_evaluate(config, str(tmp_path))
   config = tiny_config()
   config.data.source = 'folder'
   config.data.path = str(tmp_path / 'no_such.tar.gz')
   with pytest.raises(FileNotFoundError, match='data.path'):
-    loop.train_and_evaluate(config, str(tmp_path))
+    dispatch.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')

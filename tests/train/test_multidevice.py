@@ -15,10 +15,10 @@ import json, sys
 import jax, numpy as np
 import cci
 from tests.train.test_loop import final_state, tiny_config
-from train import loop
+from train import dispatch
 config = tiny_config()
 config.sparsity.method = sys.argv[2]
-summary = loop.train_and_evaluate(config, sys.argv[1])
+summary = dispatch.train_and_evaluate(config, sys.argv[1])
 state = final_state(config, sys.argv[1])
 masks = cci.find_state(state.opt_state).masks['stage1_block0']['conv1']['kernel']
 shards = [np.asarray(s.data) for s in masks.addressable_shards]
@@ -35,27 +35,27 @@ import json, os, sys
 import jax, numpy as np
 from configs import c2s2_schedules
 from tests.train.test_loop import tiny_config
-from train import c2s2_driver, checkpoints, data, experiment, loop, steps
+from train import c2s2_setup, checkpoints, data, dispatch, model_setup, steps
 dense = os.path.join(os.path.dirname(sys.argv[1]), 'dense')
 if not os.path.exists(os.path.join(dense, 'summary.json')):
-  loop.train_and_evaluate(tiny_config(), dense)
+  dispatch.train_and_evaluate(tiny_config(), dense)
 config = tiny_config()
 c2s2_schedules.apply(config, dense)
 config.channel_pruning.lambda_l1 = 2.0
-setup = c2s2_driver.make_setup(config)
-model = c2s2_driver.build_model(config, setup.dataset.num_classes, setup.original_widths)
-graph = c2s2_driver.trace_graph(model, setup.dataset.image_shape)
+setup = c2s2_setup.make_setup(config)
+model = model_setup.build_model(config, setup.dataset.num_classes, setup.original_widths)
+graph = model_setup.trace_graph(model, setup.dataset.image_shape)
 variables = checkpoints.load_variables(
-    dense, experiment.abstract_variables(model, setup.dataset.image_shape))
-state = jax.device_put(c2s2_driver.initial_state(variables, setup.tx),
+    dense, model_setup.abstract_variables(model, setup.dataset.image_shape))
+state = jax.device_put(c2s2_setup.initial_state(setup, graph, variables),
                        steps.replicated(setup.mesh))
-state = c2s2_driver.with_unit(state, graph, setup.units[0])
-step = c2s2_driver.make_train_step(setup, model, graph, 'phase1', setup.lambdas)
+state = c2s2_setup.with_unit(state, graph, setup.units[0])
+step = c2s2_setup.make_train_step(setup, model, graph, 'phase1', setup.lambdas)
 batches = data.train_batches(setup.dataset.train, batch_size=config.batch_size, seed=0,
                              start_step=0, crop_padding=1, flip=True)
 for _ in range(5):
   state, values = step(state, steps.to_global(next(batches), setup.mesh))
-scales = state.scales[setup.units[0][0]]
+scales = state.params[c2s2_setup.SCALES_KEY][setup.units[0][0]]
 shards = [np.asarray(s.data) for s in scales.addressable_shards]
 result = {'devices': jax.device_count(), 'loss': float(values['loss']),
           'scales_identical': all((s == shards[0]).all() for s in shards),
@@ -63,7 +63,7 @@ result = {'devices': jax.device_count(), 'loss': float(values['loss']),
 if sys.argv[2] == 'driver':  # The whole driver: selection, surgery, fine-tune.
   cp = config.channel_pruning
   cp.phase1_epochs, cp.phase2_epochs, cp.epsilon, cp.latency_batch = 0.1, 0.05, 1.0, 8
-  summary = loop.train_and_evaluate(config, sys.argv[1] + '/c2s2')
+  summary = dispatch.train_and_evaluate(config, sys.argv[1] + '/c2s2')
   result['kept'] = {k: v['kept'] for k, v in summary['channels'].items()}
   result['original'] = {k: v['original'] for k, v in summary['channels'].items()}
 print(json.dumps(result))

@@ -102,7 +102,7 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
   assert record['revision'] and record['hardware']['devices'] >= 1
   assert record['latency_ms'] > 0 and record['wall_time_s'] > 0 and record['seed'] == 0
   # Rerunning skips the finished rows: no new attempt is recorded for them.
-  attempts = tmp_path / 'runs' / 'cpu' / 'dense' / reproduce.ATTEMPTS_FILE
+  attempts = tmp_path / 'runs' / 'cpu' / 'dense' / workdir_lib.ATTEMPTS_FILE
   assert len(json.loads(attempts.read_text())) == 1
   second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
   assert second.returncode != 0 and "['broken']" in second.stderr  # Results written.
@@ -141,7 +141,7 @@ def test_an_interrupted_attempt_still_counts_toward_the_wall_time(tmp_path, monk
   monkeypatch.setattr(reproduce.subprocess, 'run', stopped)
   with pytest.raises(KeyboardInterrupt):
     reproduce.run_row(['main.py'], str(workdir), str(tmp_path / 'row.log'))
-  attempts = json.loads((workdir / reproduce.ATTEMPTS_FILE).read_text())
+  attempts = json.loads((workdir / workdir_lib.ATTEMPTS_FILE).read_text())
   assert len(attempts) == 1 and attempts[0]['exit_code'] is None
   assert attempts[0]['seconds'] >= 0
 

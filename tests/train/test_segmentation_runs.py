@@ -12,7 +12,7 @@ from c2s2 import selection
 from configs import quickstart_seg
 from tests.test_main import ROOT
 from tests.train.test_loop import tiny_config
-from train import c2s2_driver, loop
+from train import c2s2_setup, dispatch, loop
 from train import workdir as workdir_lib
 
 TINY = {'data.image_size': 8, 'data.canvases_train': 96, 'data.held_out': 32,
@@ -31,7 +31,7 @@ def seg_config(variant='dense', **overrides):
 @pytest.fixture(scope='module')
 def dense(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('seg_dense'))
-  return workdir, loop.train_and_evaluate(seg_config(), workdir)
+  return workdir, dispatch.train_and_evaluate(seg_config(), workdir)
 
 
 def test_summary_and_eval_report_miou_and_per_class_iou(dense):
@@ -40,7 +40,7 @@ def test_summary_and_eval_report_miou_and_per_class_iou(dense):
   ious = [v for k, v in summary.items() if k.startswith('iou/')]
   assert summary['miou'] == pytest.approx(sum(ious) / len(ious))
   result = loop.evaluate_checkpoint(seg_config(), workdir)
-  with open(os.path.join(workdir, loop.EVAL_FILE)) as f:
+  with open(os.path.join(workdir, workdir_lib.EVAL_FILE)) as f:
     written = json.load(f)
   assert written['miou'] == pytest.approx(summary['miou']) == result['miou']
   assert written['iou/background'] == pytest.approx(summary['iou/background'])
@@ -53,7 +53,7 @@ def test_c2s2_cost_check_protects_held_out_miou(dense, tmp_path):
           'channel_pruning.phase2_epochs': 0.25, 'channel_pruning.lambda_l1': 2.0,
           'channel_pruning.epsilon': 0.0, 'channel_pruning.max_retries': 0,
           'channel_pruning.latency_batch': 4})
-  summary = loop.train_and_evaluate(config, str(tmp_path))
+  summary = dispatch.train_and_evaluate(config, str(tmp_path))
   log = workdir_lib.read_jsonl(os.path.join(tmp_path, workdir_lib.DECISIONS_FILE))
   assert [d['unit'] for d in log] == [0]  # One unit of the 12 groups, no retry.
   within = selection.within_budget(log[0]['reference'], log[0]['cost'], 0.0, 'miou')
@@ -75,10 +75,10 @@ def test_miou_cost_check_needs_segmentation_data(tmp_path):
   config.init_from = str(tmp_path)
   config.channel_pruning.cost_metric = 'miou'
   with pytest.raises(ValueError, match="cost_metric='miou' needs segmentation data"):
-    c2s2_driver.make_setup(config)
+    c2s2_setup.make_setup(config)
   config.channel_pruning.cost_metric = 'iou'
   with pytest.raises(ValueError, match=r"cost_metric='iou'; choose one of \('top1', 'miou'\)"):
-    c2s2_driver.make_setup(config)
+    c2s2_setup.make_setup(config)
 
 
 TINY_TABLE = '''

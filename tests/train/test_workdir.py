@@ -1,13 +1,12 @@
 """The workdir guard and JSON helpers."""
 
 import errno
-import json
 import os
 
 import pytest
 
 from configs import base
-from train import errors
+from train import errors, saved_config
 from train import workdir as workdir_lib
 
 
@@ -16,41 +15,41 @@ def test_config_differences_ignore_run_control_keys():
   b = base.get_base_config()
   b.log_every_steps = 7
   b.data.cache_dir = '/elsewhere'
-  assert workdir_lib.config_differences(a.to_dict(), b.to_dict()) == []
+  assert saved_config.config_differences(a.to_dict(), b.to_dict()) == []
   b.optimizer.learning_rate = 0.5
-  assert workdir_lib.config_differences(a.to_dict(), b.to_dict()) == [
+  assert saved_config.config_differences(a.to_dict(), b.to_dict()) == [
       'optimizer.learning_rate']
 
 
 def test_workdir_of_another_experiment_is_refused(tmp_path):
   workdir = str(tmp_path)
   config = base.get_base_config()
-  workdir_lib.prepare(workdir, config, overwrite=False)
+  saved_config.prepare(workdir, config, overwrite=False)
   os.makedirs(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR, '10'))
   with open(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR, '10', 'state'), 'w') as f:
     f.write('a checkpoint')
   other = base.get_base_config()
   other.model.name = 'resnet56'
   with pytest.raises(ValueError, match='model.name.*--overwrite'):
-    workdir_lib.prepare(workdir, other, overwrite=False)
-  workdir_lib.prepare(workdir, other, overwrite=True)
+    saved_config.prepare(workdir, other, overwrite=False)
+  saved_config.prepare(workdir, other, overwrite=True)
   assert not os.path.exists(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR))
-  assert workdir_lib.load_config(workdir).model.name == 'resnet56'
+  assert saved_config.load_config(workdir).model.name == 'resnet56'
 
 
 def test_empty_checkpoint_dirs_of_a_failed_start_do_not_count(tmp_path):
   workdir = str(tmp_path)
-  workdir_lib.prepare(workdir, base.get_base_config(), overwrite=False)
+  saved_config.prepare(workdir, base.get_base_config(), overwrite=False)
   os.makedirs(os.path.join(workdir, workdir_lib.SELECTION_DIR, 'checkpoints'))
   other = base.get_base_config()
   other.init_from = '/corrected/path'
-  workdir_lib.prepare(workdir, other, overwrite=False)
-  assert workdir_lib.load_config(workdir).init_from == '/corrected/path'
+  saved_config.prepare(workdir, other, overwrite=False)
+  assert saved_config.load_config(workdir).init_from == '/corrected/path'
 
 
 def test_load_config_of_a_non_workdir_names_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match='config.json'):
-    workdir_lib.load_config(str(tmp_path))
+    saved_config.load_config(str(tmp_path))
 
 
 def test_keys_added_to_the_project_later_count_as_their_defaults():
@@ -59,19 +58,19 @@ def test_keys_added_to_the_project_later_count_as_their_defaults():
   new = base.get_base_config().to_dict()
   old = base.get_base_config().to_dict()
   del old['sparsity']['pattern']  # Saved before the key existed.
-  assert workdir_lib.config_differences(old, new) == []
+  assert saved_config.config_differences(old, new) == []
   old['sparsity']['keep'] = 3
-  assert workdir_lib.config_differences(old, new) == ['sparsity.keep']
+  assert saved_config.config_differences(old, new) == ['sparsity.keep']
 
 
 def test_creating_command_is_read_from_the_config_docstrings():
-  assert workdir_lib.creating_command('/tmp/quickstart') == (
+  assert saved_config.creating_command('/tmp/quickstart') == (
       'python main.py --config=configs/quickstart.py --workdir=/tmp/quickstart')
   # A command continued over two lines, with an override.
-  assert workdir_lib.creating_command('runs/resnet20_cpu_heldout/') == (
+  assert saved_config.creating_command('runs/resnet20_cpu_heldout/') == (
       'python main.py --config=configs/resnet20_cpu.py --config.data.held_out=5000 '
       '--workdir=runs/resnet20_cpu_heldout')
-  assert workdir_lib.creating_command('/elsewhere') == (
+  assert saved_config.creating_command('/elsewhere') == (
       'python main.py --config=<the config that trains it> --workdir=/elsewhere')
 
 
@@ -86,8 +85,7 @@ def test_a_damaged_record_is_moved_aside_and_read_as_missing(tmp_path):
   assert (tmp_path / 'damaged' / 'summary.json').read_bytes() == b'{"top1": \xff'
 
 
-def half_written_then_full(value, f, **kwargs):
-  del value, kwargs
+def half_written_then_full(f):
   f.write('{"top1": 0.')
   f.flush()
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -97,11 +95,11 @@ def half_written_then_full(value, f, **kwargs):
 def test_a_full_disk_keeps_the_previous_file_and_names_it(tmp_path, monkeypatch, how):
   path = tmp_path / 'summary.json'
   workdir_lib.write_json(str(path), {'top1': 0.5})
-  if how == 'test_hook':
-    monkeypatch.setenv(errors.FULL_DISK_ENV, str(path))
-  else:
-    monkeypatch.setattr(json, 'dump', half_written_then_full)
   with pytest.raises(errors.DiskFullError, match=f'writing {path};'):
-    workdir_lib.write_json(str(path), {'top1': 0.9})
+    if how == 'test_hook':
+      monkeypatch.setenv(errors.FULL_DISK_ENV, str(path))
+      workdir_lib.write_json(str(path), {'top1': 0.9})
+    else:  # Every atomic write goes through write_atomically.
+      workdir_lib.write_atomically(str(path), half_written_then_full)
   assert workdir_lib.read_json(str(path)) == {'top1': 0.5}
   assert os.listdir(tmp_path) == ['summary.json']  # No half-written temporary file.

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from train import workdir as workdir_lib
 from train.models.common import check_width
 from train.models.resnet_cifar import SHORTCUTS, CifarResNet, is_cifar_depth
 from train.models.resnet_imagenet import STAGES, ImageNetResNet
@@ -137,12 +138,7 @@ def load_widths(spec: str) -> dict[str, int]:
 
 def save_widths(path: str, widths: Mapping[str, int]) -> None:
   """Writes ``widths`` as JSON with sorted keys, atomically."""
-  text = json.dumps({k: int(v) for k, v in widths.items()}, indent=2,
-                    sort_keys=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text + '\n')
-  os.replace(tmp, path)
+  workdir_lib.write_json(path, {k: int(v) for k, v in widths.items()})
 
 
 __all__ = [
