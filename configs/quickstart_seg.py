@@ -17,18 +17,15 @@ filter-pruning baseline (30% of every prunable group). `c2s2` and `l1_filter` fi
 6 epochs at lr 0.01.
 
 Expect (measured 2026-12-02 by `python -m train.reproduce --table=segmentation_digits`,
-whose rows are these variants, on the 2-core x86 CPU of this project's machines while
-other jobs loaded it to a load average of ~9): dense test mIoU 0.799 (background IoU
-0.98, digits 0.75-0.82), pixel accuracy 0.975, 25.3M MACs, 200 s for the whole command
-(135 s at load average ~6; idle, the 1,200 steps run at ~240 canvases/s, about 100 s in
-all); `c2s2` mIoU 0.802 with 16.1M MACs and 80,604 of 117,579 parameters (units
+whose rows are these variants, on the 2-core x86 CPU of this project's machines): dense
+test mIoU 0.799 (background IoU 0.98, digits 0.75-0.82), pixel accuracy 0.975, 25.3M
+MACs; `c2s2` mIoU 0.802 with 16.1M MACs and 80,604 of 117,579 parameters (units
 accepted at held-out mIoU 0.731, 0.757 and 0.784 against 0.799, after 1, 2 and 0
-restores), 380 s, most of it compiling the step of each of the 9 phases (~25 s each at
-that load; the phases' 450 steps and the 300 fine-tune steps take ~65 s), so likely
-over 3 minutes on an idle machine too (~4 if compiles speed up as the dense start-up
-does, 33 s loaded vs 20 s idle); `cci` mIoU
-0.670 at density 0.253 (3.8x projected speedup), 154 s; `l1_filter` mIoU 0.790 with
-13.6M MACs, 119 s.
+restores); `cci` mIoU 0.670 at density 0.253 (3.8x projected speedup); `l1_filter`
+mIoU 0.790 with 13.6M MACs. Time of the whole command on the idle machine (the first
+two commands above, measured again at revision 5dc98ab with the same mIoU): dense 66 s,
+`c2s2` 122 s; `cci` 154 s and `l1_filter` 119 s were measured while other jobs loaded
+the CPU to a load average of ~9 (the dense run took 200 s at that load).
 """
 
 from configs import base, baseline_schedules, c2s2_schedules, cci_schedules
