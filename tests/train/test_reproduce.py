@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.test_main import ROOT
-from train import provenance, reproduce, tables
+from train import provenance, reproduce, table_results, tables
 from train import workdir as workdir_lib
 
 ROW_LINE = r'\| %s( \(stale\))? \|'  # A dirty checkout's rows are stale.
@@ -151,14 +151,14 @@ def test_recorded_latencies_are_kept_only_when_every_row_is_the_recorded_run():
               'latency_batch': 128}
   prior = {('a', 0): recorded}
   same = {'row': 'a', 'seed': 0, 'summary': {'top1': 0.5}}
-  assert reproduce.latencies_current([same], prior, 128)
-  assert not reproduce.latencies_current([same], prior, 64)  # Another batch.
-  assert not reproduce.latencies_current([{**same, 'summary': {'top1': 0.6}}], prior,
+  assert table_results.latencies_current([same], prior, 128)
+  assert not table_results.latencies_current([same], prior, 64)  # Another batch.
+  assert not table_results.latencies_current([{**same, 'summary': {'top1': 0.6}}], prior,
                                          128)  # The row ran again.
-  assert not reproduce.latencies_current([same, {**same, 'row': 'b'}], prior, 128)
+  assert not table_results.latencies_current([same, {**same, 'row': 'b'}], prior, 128)
   unmeasured = {k: v for k, v in recorded.items() if k != 'latency_ms'}
-  assert not reproduce.latencies_current([same], {('a', 0): unmeasured}, 128)
-  assert not reproduce.latencies_current([], prior, 128)
+  assert not table_results.latencies_current([same], {('a', 0): unmeasured}, 128)
+  assert not table_results.latencies_current([], prior, 128)
 
 
 def _finish(row, workdir, revision='new', seed=0):
@@ -215,7 +215,7 @@ def test_stale_rows_are_marked_in_the_table():
            'hardware': {}, 'stale': ''},
           {'row': 'b', 'seed': 0, 'summary': {'top1': 0.6}, 'revision': 'r0',
            'hardware': {}, 'stale': 'train changed since r0'}]
-  text = reproduce.markdown(table, 'cpu', recs, [], 1, 'abcdef1234567890')
+  text = table_results.markdown(table, 'cpu', recs, [], 1, 'abcdef1234567890')
   assert '| A | 0.500 |' in text and '| B (stale) | 0.600 |' in text
   assert 'revision abcdef123456' in text and '- b (seed 0): train changed since r0' in text
 
@@ -233,11 +233,11 @@ def test_stale_reason_compares_the_code_with_head():
 
 
 def test_wall_time_counts_every_attempt_and_at_least_the_runs_own_count():
-  assert reproduce.wall_time([{'seconds': 5.0}, {'seconds': 7.0}],
+  assert table_results.wall_time([{'seconds': 5.0}, {'seconds': 7.0}],
                              {'wall_time_s': 3.0}) == 12.0
   # Attempts made outside the harness are only in the run's own cumulative count.
-  assert reproduce.wall_time([{'seconds': 5.0}], {'wall_time_s': 20.0}) == 20.0
-  assert reproduce.wall_time([], {'wall_time_s': 20.0}) == 20.0
+  assert table_results.wall_time([{'seconds': 5.0}], {'wall_time_s': 20.0}) == 20.0
+  assert table_results.wall_time([], {'wall_time_s': 20.0}) == 20.0
 
 
 def test_cost_check_column_counts_units_by_their_fate():
@@ -345,10 +345,10 @@ def test_rows_recorded_by_another_table_of_the_preset_count_as_the_same_run(tmp_
   write('other', 'cpu', [{'row': 'dense', 'seed': 0, 'from': 'other'},
                          {'row': 'c2s2_2x', 'seed': 0, 'from': 'other'}])
   write('paper', 'paper', [{'row': 'r50', 'seed': 0, 'from': 'paper'}])
-  prior = reproduce.previous_records(str(tmp_path), 'mine', 'cpu')
+  prior = table_results.previous_records(str(tmp_path), 'mine', 'cpu')
   assert {k: v['from'] for k, v in prior.items()} == {
       ('dense', 0): 'mine', ('c2s2_2x', 0): 'other'}
-  assert reproduce.previous_records(str(tmp_path / 'none'), 'mine', 'cpu') == {}
+  assert table_results.previous_records(str(tmp_path / 'none'), 'mine', 'cpu') == {}
 
 
 def test_a_model_that_cannot_be_kept_is_reported_and_the_table_goes_on(tmp_path,
@@ -372,7 +372,7 @@ def test_a_model_that_cannot_be_kept_is_reported_and_the_table_goes_on(tmp_path,
   statuses = reproduce.run_table(table, 'cpu', 1, root, (), results=results)
   assert [(s['status'], s['detail'][:14]) for s in statuses] == [
       ('finished', 'model not kept'), ('finished', '')]
-  text = reproduce.markdown(table, 'cpu', [], statuses, 1, 'head')
+  text = table_results.markdown(table, 'cpu', [], statuses, 1, 'head')
   assert '- a (seed 0): model not kept in' in text and 'Exporting a failed' in text
 
 
