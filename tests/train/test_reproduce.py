@@ -382,3 +382,24 @@ def test_the_shipped_models_stay_small():
   size = sum(os.path.getsize(os.path.join(parent, name))
              for parent, _, names in os.walk(folder) for name in names)
   assert size < 30e6, f'{folder} holds {size / 1e6:.1f} MB'
+
+
+@pytest.mark.parametrize('macs, target, expected', [
+    (50, 0.50, 'yes'),            # Exactly at the point.
+    (51.4, 0.50, 'yes'),          # 2.8% above: inside.
+    (48.4, 0.50, 'no: 0.484 for 0.500'),  # 3.2% below.
+    (40, 0.0, None),              # No target: not a point row.
+])
+def test_a_row_is_at_its_macs_point_within_three_percent(macs, target, expected):
+  record = {'summary': {'macs': macs, 'macs_dense': 100},
+            'config': {'channel_pruning': {'target_macs_ratio': target}}}
+  assert tables.on_point(record) == expected
+  assert tables.macs_ratio(record) == macs / 100
+
+
+def test_each_preset_reads_its_own_paragraph_of_the_table_notes():
+  doc = 'Title.\n\n  command\n\n`cpu`: long runs.\n\n`cpu_short`: short runs.\n'
+  assert tables.preset_notes(doc, 'cpu') == '`cpu`: long runs.'
+  assert tables.preset_notes(doc, 'cpu_short') == '`cpu_short`: short runs.'
+  with pytest.raises(ValueError, match='no paragraph for preset `paper`'):
+    tables.preset_notes(doc, 'paper')
