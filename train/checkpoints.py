@@ -295,14 +295,39 @@ def load_variables(workdir: str, like: Any, key: str = 'config.init_from') -> An
     ValueError: the checkpoint's variables differ from `like` (names the first path).
   """
   check_variables(workdir, like, key)
+  return _read_variables(workdir, key, like)[1]
+
+
+def save_variables(workdir: str, destination: str) -> int:
+  """Writes the params and batch stats of `workdir`'s latest checkpoint (checksums
+  verified) as the only checkpoint of `destination`, a folder that `load_variables`
+  then reads like a workdir (no optimiser state: a published start is small).
+
+  Returns:
+    The checkpoint's step.
+
+  Raises:
+    errors.MissingInputError, errors.UserError: as `load_variables`.
+  """
+  step, variables = _read_variables(workdir, 'workdir')
+  checkpointer = Checkpointer(os.path.join(destination, workdir_lib.CHECKPOINT_DIR), keep=1)
+  checkpointer.save(step, variables, {'variables_of': os.path.abspath(workdir)})
+  checkpointer.close()
+  return step
+
+
+def _read_variables(workdir: str, key: str, like: Any = None) -> tuple[int, dict[str, Any]]:
+  """(step, params and batch stats) of the latest checkpoint in `workdir`, checksums
+  verified, shaped as `like` or as saved; a damaged one is a UserError naming `key`."""
   manager, directory, step = _open_read_only(workdir, key)
   path = os.path.join(directory, str(step))
   try:
     meta, failure = integrity.attempt(lambda: manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
     if not failure:
-      variables, failure = integrity.attempt(
-          lambda: _restore_as_saved(manager, step, _variables(like)))
+      variables, failure = integrity.attempt(lambda: _restore_as_saved(
+          manager, step, _variables(
+              like if like is not None else manager.item_metadata(step).state.tree)))
   finally:
     manager.close()
   try:
@@ -313,30 +338,7 @@ def load_variables(workdir: str, like: Any, key: str = 'config.init_from') -> An
     raise errors.UserError(
         f'{key}={workdir}: {e}. Rerun the training of {workdir}: it moves the damaged '
         'checkpoint aside and resumes from its newest intact one.') from None
-  return dict(variables)
-
-
-def save_variables(workdir: str, destination: str) -> int:
-  """Writes the params and batch stats of `workdir`'s latest checkpoint (checksums
-  verified) as the only checkpoint of `destination`, a folder that `load_variables`
-  then reads like a workdir (no optimiser state: a published start is small).
-
-  Returns:
-    The checkpoint's step.
-  """
-  manager, directory, step = _open_read_only(workdir, 'workdir')
-  try:
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    variables = _restore_as_saved(manager, step,
-                                  _variables(manager.item_metadata(step).state.tree))
-  finally:
-    manager.close()
-  integrity.verify(os.path.join(directory, str(step)), variables,
-                   meta.get(CHECKSUMS_KEY) or {})
-  checkpointer = Checkpointer(os.path.join(destination, workdir_lib.CHECKPOINT_DIR), keep=1)
-  checkpointer.save(step, dict(variables), {'variables_of': os.path.abspath(workdir)})
-  checkpointer.close()
-  return step
+  return step, dict(variables)
 
 
 def saved_widths(directory: str, widths: dict[str, int]) -> dict[str, int] | None:

@@ -37,7 +37,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from train import provenance, saved_config, table_results, tables
+from train import errors, provenance, saved_config, table_results, tables
 from train import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,20 +139,25 @@ def move_aside(workdir: str) -> str:
   return aside
 
 
+def run_logged(args: list[str], log_path: str) -> int:
+  """Runs `args` in the repository with its output appended to `log_path` after the
+  command line; returns the exit code."""
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  with open(log_path, 'a') as log:
+    log.write(f'\n$ {" ".join(args)}\n')
+    log.flush()
+    return subprocess.run(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
 def run_row(args: list[str], workdir: str, log_path: str) -> tuple[bool, str]:
   """Runs one row to its end; returns (succeeded, the log's last lines if not).
 
   Every attempt, also one the harness is stopped in (exit code null), is appended to
   the workdir's attempts file: their seconds sum to the row's wall time.
   """
-  os.makedirs(os.path.dirname(log_path), exist_ok=True)
   start, code = time.time(), None
   try:
-    with open(log_path, 'a') as log:
-      log.write(f'\n$ {" ".join(args)}\n')
-      log.flush()
-      code = subprocess.run(args, cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT).returncode
+    code = run_logged(args, log_path)
   finally:
     attempts_path = os.path.join(workdir, workdir_lib.ATTEMPTS_FILE)
     if os.path.isdir(workdir):
@@ -218,6 +223,7 @@ def publish(workdir: str, destination: str, variables: bool, packed: bool) -> No
 
   Raises:
     RuntimeError: the export failed (names its log).
+    errors.UserError: the run's latest checkpoint is missing or damaged.
   """
   from train import checkpoints  # Imports JAX: only when a row is published.
   partial = destination + '.partial'
@@ -228,11 +234,8 @@ def publish(workdir: str, destination: str, variables: bool, packed: bool) -> No
   if packed:
     args = [sys.executable, os.path.join(REPO, 'main.py'), '--mode=export',
             f'--workdir={workdir}', '--format=stablehlo']
-    with open(workdir + '.log', 'a') as log:
-      log.write(f'\n$ {" ".join(args)}\n')
-      log.flush()
-      if subprocess.run(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode:
-        raise RuntimeError(f'Exporting {workdir} failed: see {workdir}.log.')
+    if run_logged(args, workdir + '.log'):
+      raise RuntimeError(f'Exporting {workdir} failed: see {workdir}.log.')
     for name in (workdir_lib.PACKED_FILE, workdir_lib.MANIFEST_FILE):
       shutil.copy2(os.path.join(workdir, workdir_lib.EXPORT_DIR, name), partial)
   for name in PUBLISHED_FILES:
@@ -244,11 +247,10 @@ def publish(workdir: str, destination: str, variables: bool, packed: bool) -> No
   logging.info('Kept the final model of %s in %s.', workdir, destination)
 
 
-def published_current(destination: str, record: dict[str, Any] | None) -> bool:
-  """Whether `destination` holds the variables of the run `record` describes."""
+def published_current(destination: str, summary: dict[str, Any]) -> bool:
+  """Whether `destination` holds the model of the run whose summary is `summary`."""
   path = os.path.join(destination, workdir_lib.SUMMARY_FILE)
-  return bool(record) and os.path.exists(path) and (
-      workdir_lib.read_json(path) == record['summary'])
+  return os.path.exists(path) and workdir_lib.read_json(path) == summary
 
 
 def run_table(table: tables.Table, preset: str, seeds: int, root: str,
@@ -270,19 +272,18 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
   called after every pair that ran, so results are written as they come.
   """
   rows, prior = {r.name: r for r in table.rows}, prior or {}
-  starts = {(r.start_from, 0) for r in table.rows if r.start_from}
-  starts |= {(r.start_from, s) for r in table.rows if r.start_from
-             for s in range(row_seeds(r, seeds))
-             if s < row_seeds(rows[r.start_from], seeds)}
   failed, ran, done_status, statuses = {}, set(), {}, []
+
+  def start_seed(row: tables.Row, seed: int) -> int:
+    return seed if seed < row_seeds(rows[row.start_from], seeds) else 0
+
+  starts = {(r.start_from, start_seed(r, s)) for r in table.rows if r.start_from
+            for s in range(row_seeds(r, seeds))}
 
   def outdated(row: tables.Row, seed: int, revision: str) -> bool:
     return (row.name, seed) not in ran and (needs_rerun(rerun, revision) or (
         rerun != 'none' and bool(row.start_from) and
         (row.start_from, start_seed(row, seed)) in ran))
-
-  def start_seed(row: tables.Row, seed: int) -> int:
-    return seed if seed < row_seeds(rows[row.start_from], seeds) else 0
 
   def keep(row: tables.Row, seed: int, workdir: str) -> str:
     """Publishes seed 0 of every row (CCI packed) and every pair a row starts from;
@@ -292,14 +293,14 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
       return ''
     destination = published_dir(results, preset, row.name, seed)
     summary = workdir_lib.read_json(os.path.join(workdir, workdir_lib.SUMMARY_FILE))
-    if published_current(destination, {'summary': summary}):
+    if published_current(destination, summary):
       return ''
     sparsity = workdir_lib.read_json(
         os.path.join(workdir, workdir_lib.CONFIG_FILE))['sparsity']
     cci = sparsity['method'] != 'none' and sparsity['pattern'] == 'cci'
     try:
       publish(workdir, destination, variables=start or not cci, packed=cci and seed == 0)
-    except (OSError, RuntimeError, ValueError) as e:  # The table goes on without it.
+    except (OSError, RuntimeError, ValueError, errors.UserError) as e:  # Goes on without.
       logging.error('%s seed %d: its model was not kept: %s', row.name, seed, e)
       return f'model not kept in {destination}: {e}'
     return ''
@@ -312,7 +313,8 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     if (row.name, seed) in failed:
       return 'failed', failed[(row.name, seed)], ''
     record = prior.get((row.name, seed))
-    done = finished(workdir) and workdir_config_matches(row, workdir, seed, overrides)
+    own = workdir_config_matches(row, workdir, seed, overrides)  # False without config.
+    done = finished(workdir) and own
     if done and not outdated(row, seed, workdir_lib.read_json(
         os.path.join(workdir, workdir_lib.SUMMARY_FILE)).get('revision', 'unknown')):
       return 'finished', keep(row, seed, workdir), workdir
@@ -321,21 +323,21 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     if recorded and not outdated(row, seed, record['revision']):
       if not need_start:
         return 'recorded', '', ''
-      if published and published_current(published, record):
+      if published and published_current(published, record['summary']):
         return 'recorded', '', published
     if only and row.name not in only and not need_start:  # Kept as it is.
       return (('finished', '', workdir) if finished(workdir) else
               ('recorded', '', '') if recorded else ('not run', 'not in --only', ''))
     dependency, widths = '', ''
     if row.start_from:
-      status, _, dependency = ensure(rows[row.start_from], start_seed(row, seed), True)
+      _, _, dependency = ensure(rows[row.start_from], start_seed(row, seed), True)
       if not dependency:
         return 'blocked', f'needs row {row.start_from}', ''
       if row.widths_from_start:
         widths = json.dumps(workdir_lib.read_json(
             os.path.join(dependency, workdir_lib.WIDTHS_FILE)))
-    if finished(workdir) or (os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE))
-                             and not workdir_config_matches(row, workdir, seed, overrides)):
+    if finished(workdir) or (
+        os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)) and not own):
       move_aside(workdir)  # An unfinished run of this row's config resumes instead.
     args = command(row, workdir, seed, dependency, overrides, widths)
     logging.info('%s seed %d: %s', row.name, seed, ' '.join(args[1:]))
@@ -407,13 +409,13 @@ def main(argv: list[str]) -> None:
       if final:
         logging.info('Every finished row is the recorded run: keeping the recorded '
                      'latencies (--remeasure_latency times them again).')
-    return table_results.write_results(table, _PRESET.value, recs, statuses, _SEEDS.value,
-                         _RESULTS.value)
+    return table_results.write_results(table, _PRESET.value, recs, statuses,
+                                       _SEEDS.value, _RESULTS.value)
 
   if _REPORT_ONLY.value:
-    statuses = [{'row': r.name, 'seed': s, 'workdir': row_workdir(root, _PRESET.value,
-                                                                  r.name, s),
-                 'detail': ''} for r in table.rows for s in range(row_seeds(r, _SEEDS.value))]
+    statuses = [{'row': r.name, 'seed': s, 'detail': '',
+                 'workdir': row_workdir(root, _PRESET.value, r.name, s)}
+                for r in table.rows for s in range(row_seeds(r, _SEEDS.value))]
     for s in statuses:
       recorded = (s['row'], s['seed']) in prior
       s['status'] = ('finished' if finished(s['workdir'])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.test_main import ROOT
-from train import provenance, reproduce, table_results, tables
+from train import errors, provenance, reproduce, table_results, tables
 from train import workdir as workdir_lib
 
 ROW_LINE = r'\| %s( \(stale\))? \|'  # A dirty checkout's rows are stale.
@@ -351,8 +351,13 @@ def test_rows_recorded_by_another_table_of_the_preset_count_as_the_same_run(tmp_
   assert table_results.previous_records(str(tmp_path / 'none'), 'mine', 'cpu') == {}
 
 
+@pytest.mark.parametrize('failure', [
+    RuntimeError('Exporting a failed: see a.log.'),  # The export.
+    errors.UserError('workdir=a: Exporting a failed: damaged checkpoint'),  # Its reading.
+])
 def test_a_model_that_cannot_be_kept_is_reported_and_the_table_goes_on(tmp_path,
-                                                                       monkeypatch):
+                                                                       monkeypatch,
+                                                                       failure):
   rows = (tables.Row('a', 'a', 'x', 'configs/quickstart.py'),
           tables.Row('b', 'b', 'x', 'configs/quickstart.py'))
   table = tables.Table('t', 't', '', rows, ())
@@ -364,7 +369,7 @@ def test_a_model_that_cannot_be_kept_is_reported_and_the_table_goes_on(tmp_path,
 
   def publish(workdir, destination, variables, packed):
     if os.path.basename(workdir) == 'a':
-      raise RuntimeError('Exporting a failed: see a.log.')
+      raise failure
     os.makedirs(destination)
 
   monkeypatch.setattr(reproduce, 'run_row', run_row)
