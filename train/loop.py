@@ -101,6 +101,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       'devices': jax.device_count(),
       'platform': jax.devices()[0].platform,
       'revision': revision,
+      'code': provenance.code_files(),
       'hardware': provenance.hardware(),
   }
   if exp.method.sparsity is not None:

@@ -2,9 +2,12 @@
 
 import datetime
 import functools
+import hashlib
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,10 +33,60 @@ def revision() -> str:
   return head.stdout.strip() + ('-dirty' if status.stdout.strip() else '')
 
 
-@functools.lru_cache(maxsize=None)
-def stale_reason(recorded: str) -> str:
+def _blob_hash(path: str) -> str:
+  """The file's git blob hash (what `git hash-object` prints)."""
+  with open(path, 'rb') as f:
+    content = f.read()
+  return hashlib.sha1(b'blob %d\0' % len(content) + content).hexdigest()
+
+
+def code_files() -> dict[str, str]:
+  """The code this process ran: every file under `CODE_PATHS` it imported, plus
+  requirements.txt, each with its git blob hash (repository-relative paths)."""
+  paths = {'requirements.txt'}
+  for module in list(sys.modules.values()):
+    file = getattr(module, '__file__', None)
+    if not file:
+      continue
+    path = os.path.relpath(os.path.abspath(file), _REPO)
+    if path.split(os.sep)[0] in CODE_PATHS:
+      paths.add(path.replace(os.sep, '/'))
+  return {p: _blob_hash(os.path.join(_REPO, p)) for p in sorted(paths)
+          if os.path.isfile(os.path.join(_REPO, p))}
+
+
+@functools.lru_cache(maxsize=4)
+def _blobs_at(revision: str) -> dict[str, str] | None:
+  """{path: blob hash} of `CODE_PATHS` at `revision` (None if git cannot tell)."""
+  listing = _git('ls-tree', '-r', revision, '--', *CODE_PATHS)
+  if listing.returncode:
+    return None
+  blobs = {}
+  for line in listing.stdout.splitlines():
+    meta, path = line.split('\t', 1)
+    blobs[path] = meta.split()[2]
+  return blobs
+
+
+def _named(paths: list[str], since: str) -> str:
+  shown = ', '.join(paths[:6]) + (f' and {len(paths) - 6} more' if len(paths) > 6 else '')
+  return f'{shown} changed since {since[:12]}'
+
+
+def stale_reason(recorded: str, code: Mapping[str, str] | None = None) -> str:
   """Why a result made at revision `recorded` may differ from one made at HEAD ('' if
-  the code that produces results, `CODE_PATHS`, is the same at both)."""
+  not). With `code` (the run's `code_files()`), only the files the run imported count;
+  without it (older records), every file under `CODE_PATHS`."""
+  try:
+    head = _git('rev-parse', 'HEAD')
+    head_blobs = _blobs_at(head.stdout.strip()) if not head.returncode else None
+  except (OSError, subprocess.SubprocessError) as e:
+    return f'git unavailable ({e})'
+  if head_blobs is None:
+    return 'git cannot read HEAD'
+  if code:
+    changed = sorted(p for p, blob in code.items() if head_blobs.get(p) != blob)
+    return _named(changed, recorded) if changed else ''
   if recorded.endswith('-dirty'):
     return f'ran with uncommitted changes on {recorded[:12]}'
   try:
@@ -42,8 +95,8 @@ def stale_reason(recorded: str) -> str:
     return f'git unavailable ({e})'
   if diff.returncode:
     return f'revision {recorded[:12]} is not in this repository'
-  changed = sorted({path.split('/')[0] for path in diff.stdout.split()})
-  return f'{", ".join(changed)} changed since {recorded[:12]}' if changed else ''
+  changed = sorted(diff.stdout.split())
+  return _named(changed, recorded) if changed else ''
 
 
 def cpu_model() -> str:

@@ -10,8 +10,9 @@ reported and the others go on (rows starting from it are blocked). Rows of any t
 with the same name share one run, e.g. the dense pre-training. A row already recorded
 in `RESULTS/NAME.json` with the same config is kept without its workdir (rerun only if
 a later row must start from it), so the results files carry a reproduction across
-machines that do not keep `ROOT`. `--rerun=stale` runs again every row whose revision's
-code (`provenance.CODE_PATHS`) differs from HEAD, `--rerun=all` every row (a finished
+machines that do not keep `ROOT`. `--rerun=stale` runs again every row whose code differs
+from HEAD (the files under `provenance.CODE_PATHS` its run imported, by git blob hash;
+for older records without that list, every file under those paths), `--rerun=all` every row (a finished
 workdir is moved aside to `ROW.replaced-TIME`, never deleted); rows starting from a row
 run again are run again too. The tables mark the stale rows they hold. At the end the
 inference
@@ -126,9 +127,10 @@ def finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, workdir_lib.SUMMARY_FILE))
 
 
-def needs_rerun(rerun: str, revision: str) -> bool:
-  """Whether a finished or recorded row made at `revision` runs again under `rerun`."""
-  return rerun == 'all' or (rerun == 'stale' and bool(provenance.stale_reason(revision)))
+def needs_rerun(rerun: str, summary: dict[str, Any]) -> bool:
+  """Whether a finished or recorded row with this summary runs again under `rerun`."""
+  return rerun == 'all' or (rerun == 'stale' and bool(provenance.stale_reason(
+      summary.get('revision', 'unknown'), summary.get('code'))))
 
 
 def move_aside(workdir: str) -> str:
@@ -280,8 +282,8 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
   starts = {(r.start_from, start_seed(r, s)) for r in table.rows if r.start_from
             for s in range(row_seeds(r, seeds))}
 
-  def outdated(row: tables.Row, seed: int, revision: str) -> bool:
-    return (row.name, seed) not in ran and (needs_rerun(rerun, revision) or (
+  def outdated(row: tables.Row, seed: int, summary: dict[str, Any]) -> bool:
+    return (row.name, seed) not in ran and (needs_rerun(rerun, summary) or (
         rerun != 'none' and bool(row.start_from) and
         (row.start_from, start_seed(row, seed)) in ran))
 
@@ -316,11 +318,12 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     own = workdir_config_matches(row, workdir, seed, overrides)  # False without config.
     done = finished(workdir) and own
     if done and not outdated(row, seed, workdir_lib.read_json(
-        os.path.join(workdir, workdir_lib.SUMMARY_FILE)).get('revision', 'unknown')):
+        os.path.join(workdir, workdir_lib.SUMMARY_FILE))):
       return 'finished', keep(row, seed, workdir), workdir
     recorded = bool(record) and same_config(row, record, overrides)
     published = published_dir(results, preset, row.name, seed) if results else ''
-    if recorded and not outdated(row, seed, record['revision']):
+    if recorded and not outdated(row, seed, {'revision': record['revision'],
+                                             **record.get('summary', {})}):
       if not need_start:
         return 'recorded', '', ''
       if published and published_current(published, record['summary']):
@@ -397,7 +400,7 @@ def main(argv: list[str]) -> None:
     """Writes the results of the finished pairs; times them side by side if `final`."""
     recs = table_results.records(table, statuses, prior)
     for r in recs:
-      r['stale'] = provenance.stale_reason(r['revision'])
+      r['stale'] = provenance.stale_reason(r['revision'], r['summary'].get('code'))
     if final and (_REMEASURE.value or
                   not table_results.latencies_current(recs, prior, _LATENCY_BATCH.value)):
       table_results.add_latencies(table, recs, _LATENCY_BATCH.value)

@@ -187,7 +187,7 @@ def test_rerun_runs_stale_rows_and_their_dependents_once(tmp_path, monkeypatch, 
   config = reproduce.row_config(rows[1]).to_dict()
   prior = {('l1', 0): {'row': 'l1', 'seed': 0, 'revision': 'new', 'config': config}}
   monkeypatch.setattr(provenance, 'stale_reason',
-                      lambda revision: 'changed' if revision == 'old' else '')
+                      lambda revision, code=None: 'changed' if revision == 'old' else '')
   ran = []
 
   def run_row(args, workdir, log_path):
@@ -408,3 +408,27 @@ def test_each_preset_reads_its_own_paragraph_of_the_table_notes():
   assert tables.preset_notes(doc, 'cpu_short') == '`cpu_short`: short runs.'
   with pytest.raises(ValueError, match='no paragraph for preset `paper`'):
     tables.preset_notes(doc, 'paper')
+
+
+def test_code_files_are_the_imported_project_files_by_git_blob_hash():
+  code = provenance.code_files()
+  assert 'train/provenance.py' in code and 'requirements.txt' in code
+  assert not any(p.startswith(('tests/', 'docs/')) for p in code)  # Not result code.
+  hashed = subprocess.run(['git', '-C', ROOT, 'hash-object', 'train/provenance.py'],
+                          capture_output=True, text=True)
+  if hashed.returncode:
+    pytest.skip('not a git checkout')
+  assert code['train/provenance.py'] == hashed.stdout.strip()
+
+
+def test_stale_reason_names_only_the_changed_files_the_run_imported():
+  if provenance.revision() == 'unknown':
+    pytest.skip('not a git checkout')
+  head = subprocess.run(['git', '-C', ROOT, 'ls-tree', 'HEAD', 'train/loop.py', 'main.py'],
+                        capture_output=True, text=True).stdout.splitlines()
+  code = {line.split('\t')[1]: line.split()[2] for line in head}
+  assert provenance.stale_reason('0' * 40, code) == ''  # Same files: not stale.
+  changed = {**code, 'train/loop.py': '1' * 40}
+  assert provenance.stale_reason('abc', changed) == 'train/loop.py changed since abc'
+  gone = {**code, 'train/removed.py': '2' * 40}
+  assert provenance.stale_reason('abc', gone) == 'train/removed.py changed since abc'
