@@ -27,7 +27,7 @@ from configs import base
 from train import data
 
 # (images, (width, height), image_size, batch, warm-up batches, timed batches)
-FULL = (2000, (500, 375), 224, 64, 3, 20)
+FULL = (2000, (500, 375), 224, 64, 6, 50)
 SMOKE = (16, (64, 48), 32, 4, 1, 2)
 _CLASSES = 10
 

@@ -57,10 +57,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Encoded images decoded per use (large tfds datasets always; a 'folder' directory
   # with per_example=True): Inception random-resized crop for training (not
   # crop_padding), eval resizes the shorter side to eval_resize (0: 1.14 * image_size)
-  # and center-crops; `workers` grain processes decode (0: in this process).
+  # and center-crops; `workers` grain processes decode (0: in this process), each with
+  # `worker_threads` threads (0: its main thread; one worker is then one core, so set
+  # workers to the cores the host can spare for decoding).
   config.data.per_example = False
   config.data.eval_resize = 0
   config.data.workers = 2
+  config.data.worker_threads = 0
   # Training images carved out by a fixed seed and never trained on (0: none). C2S2's
   # cost check evaluates them; pre-train the dense start with the same value, or its
   # reference is measured on images it memorised.

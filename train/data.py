@@ -273,7 +273,7 @@ def _encoded(cfg: ml_collections.ConfigDict, images: Any) -> imagenet_data.Encod
   """Per-example decoding of `images` with the `data` section's sizes and workers."""
   return imagenet_data.EncodedSource(
       images, cfg.image_size, cfg.eval_resize or round(_RESIZE_RATIO * cfg.image_size),
-      cfg.workers, cfg.flip)
+      cfg.workers, cfg.flip, cfg.get('worker_threads', 0))
 
 
 def _encoded_folder(cfg: ml_collections.ConfigDict, path: Path) -> ImageDataset:

@@ -66,8 +66,10 @@ def _crop_resize(data: bytes, name: str, size: int, box_of) -> np.ndarray:
                           math.ceil(height * size / crop_h)))
       sx, sy = image.size[0] / width, image.size[1] / height
       box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
-      return np.asarray(image.convert('RGB').resize(
-          (size, size), Image.Resampling.BILINEAR, box=box), np.uint8)
+      if image.mode != 'RGB':  # convert() copies even when the mode is already RGB.
+        image = image.convert('RGB')
+      return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box),
+                        np.uint8)
   except Exception as error:  # pylint: disable=broad-except  (damaged input)
     raise ValueError(f'cannot decode image {name}: {type(error).__name__}: {error}') from error
 
@@ -142,6 +144,7 @@ class EncodedSource:
   eval_resize: int
   workers: int  # grain worker processes; 0 decodes in this process.
   flip: bool = True
+  threads: int = 0  # Decoding threads per decoding process; 0: its main thread alone.
 
   def __len__(self) -> int:
     return len(self.images)
@@ -169,8 +172,15 @@ class EncodedSource:
     return self._iterate(grain.MapDataset.range(count).map(make))
 
   def _iterate(self, dataset: grain.MapDataset) -> grain.DatasetIterator:
-    """Iterates `dataset` in `workers` processes (close() stops them)."""
-    stream = dataset.to_iter_dataset()
+    """Iterates `dataset` in `workers` processes (close() stops them).
+
+    Batched as a MapDataset, each element is a whole batch: grain's workers take
+    alternate elements, so they must be batches, not images.
+    """
+    # grain's default (16 threads per process) makes one worker use every core, so
+    # workers would contend rather than add up; one thread makes a worker one core.
+    stream = dataset.to_iter_dataset(grain.ReadOptions(
+        num_threads=self.threads, prefetch_buffer_size=2 * self.threads))
     if self.workers:
       if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (main.py parses
         flags.FLAGS.mark_as_parsed()  # them; a notebook or a test does not).

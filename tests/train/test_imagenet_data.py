@@ -26,11 +26,11 @@ def write_jpeg_tree(root: Path, per_class: dict[str, int], seed: int = 0) -> Non
         Image.fromarray(pixels).save(root / split / cls / f'{i}.jpg', quality=90)
 
 
-def folder_config(root: Path, workers: int) -> ml_collections.ConfigDict:
+def folder_config(root: Path, workers: int, threads: int = 0) -> ml_collections.ConfigDict:
   config = base.get_base_config().data
   config.update(source='folder', path=str(root), per_example=True, image_size=16,
                 eval_resize=18, train_split='train', test_split='validation',
-                workers=workers)
+                workers=workers, worker_threads=threads)
   return config
 
 
@@ -41,8 +41,10 @@ def tree(tmp_path_factory) -> Path:
   return root
 
 
-def first_batches(root: Path, workers: int, start_step: int, count: int) -> list[dict]:
-  dataset = data.load_dataset(folder_config(root, workers))
+def first_batches(root: Path, workers: int, start_step: int, count: int,
+                  threads: int = 0) -> list[dict]:
+  dataset = data.load_dataset(folder_config(root, workers, threads))
+  assert dataset.train.threads == threads
   batches = data.train_batches(dataset.train, batch_size=4, seed=3, start_step=start_step,
                                crop_padding=0, flip=True)
   taken = [next(batches) for _ in range(count)]
@@ -50,11 +52,12 @@ def first_batches(root: Path, workers: int, start_step: int, count: int) -> list
   return taken
 
 
-def test_batches_are_identical_across_worker_counts_and_a_resume(tree):
+def test_batches_are_identical_across_worker_counts_threads_and_a_resume(tree):
   in_process = first_batches(tree, 0, 0, 5)  # 5 steps of 4 of 16: crosses an epoch.
   assert in_process[0]['image'].shape == (4, 16, 16, 3)
   assert in_process[0]['image'].dtype == np.uint8
-  for other in (first_batches(tree, 2, 0, 5), first_batches(tree, 0, 3, 2)[-2:]):
+  for other in (first_batches(tree, 2, 0, 5), first_batches(tree, 2, 0, 5, threads=3),
+                first_batches(tree, 0, 3, 2)[-2:]):
     for a, b in zip(in_process[-len(other):], other):
       np.testing.assert_array_equal(a['image'], b['image'])
       np.testing.assert_array_equal(a['label'], b['label'])
