@@ -10,6 +10,7 @@ import io
 import json
 import os
 import statistics
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -146,6 +147,14 @@ def _cell(values: list[float | str | None], fmt: str) -> str:
           f'{fmt.format(statistics.stdev(values))} (n={len(values)})')
 
 
+def is_default_results(results: str) -> bool:
+  """True for the `results` folder at the root of a checkout of this project (the
+  default, whichever checkout or worktree the harness ran from)."""
+  path = Path(results).resolve()
+  return (results == RESULTS_DEFAULT or path.name == RESULTS_DEFAULT
+          and (path.parent / 'train' / 'reproduce.py').is_file())
+
+
 def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
              statuses: list[dict[str, Any]], seeds: int, head: str,
              results: str = 'results') -> str:
@@ -155,7 +164,7 @@ def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
   lines = [f'# {table.title}', '', table.notes.strip(), '',
            f'Command: `python -m train.reproduce --table={table.name} --preset={preset}'
            f'{f" --seeds={seeds}" if seeds > 1 else ""}'
-           f'{f" --results={results}" if results != RESULTS_DEFAULT else ""}`', '',
+           f'{"" if is_default_results(results) else f" --results={results}"}`', '',
            '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for row in table.rows:
     mine = [r for r in recs if r['row'] == row.name]

@@ -220,6 +220,19 @@ def test_stale_rows_are_marked_in_the_table():
   assert 'revision abcdef123456' in text and '- b (seed 0): train changed since r0' in text
 
 
+def test_the_command_line_names_results_only_when_not_a_checkouts_own(tmp_path):
+  table = tables.Table('t', 't', 'notes', (tables.Row('a', 'A', 'm', 'c'),), (tables.TOP1,))
+  worktree = tmp_path / 'worktree'  # Another checkout's results/: still the default.
+  (worktree / 'train').mkdir(parents=True)
+  (worktree / 'train' / 'reproduce.py').write_text('')
+  elsewhere = tmp_path / 'results'  # A folder named results/ outside any checkout.
+  for results, flag in (('results', ''), (str(worktree / 'results'), ''),
+                        (str(elsewhere), f' --results={elsewhere}'),
+                        ('out/tables', ' --results=out/tables')):
+    text = table_results.markdown(table, 'cpu', [], [], 1, 'head', results)
+    assert f'Command: `python -m train.reproduce --table=t --preset=cpu{flag}`' in text
+
+
 def test_stale_reason_compares_the_code_with_head():
   head = provenance.revision()
   if head == 'unknown':
