@@ -7,29 +7,38 @@ Generates a folder of ImageNet-like JPEGs once (2,000 images of about 500x375, q
 images per second, in steady state (after the workers' start and a warm-up): the
 per-example pipeline of train/imagenet_data.py (Inception crop, draft decode) with 1 and
 with 2 worker processes, and the pipeline this project had before it (every JPEG decoded
-whole by PIL in one thread behind the prefetch thread, resize + center crop). Targets:
-2 workers at least 3x the old pipeline (ratio <= 1/3) and at least 1.7x one worker
-(ratio <= 1/1.7).
+whole by PIL in one thread behind the prefetch thread, resize + center crop). The three
+run in a fresh Python process (nothing the other benchmarks left behind shares the
+cores), all open at once and timed in alternating rounds; each figure is the median
+round. Each entry also gives the CPU time of the pipeline's processes per image
+(`cpu_ms_per_image_*`): the cores a given images/s needs. Targets: 2 workers at least
+3x the old pipeline (ratio <= 1/3) and at least 1.7x one worker (ratio <= 1/1.7).
 """
 
+import json
 import os
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import psutil
 from PIL import Image
 
 from benchmarks import common
 from configs import base
 from train import data
 
-# (images, (width, height), image_size, batch, warm-up batches, timed batches)
-FULL = (2000, (500, 375), 224, 64, 6, 50)
-SMOKE = (16, (64, 48), 32, 4, 1, 2)
+# (images, (width, height), image_size, batch, warm-up batches, timed batches, rounds)
+FULL = (2000, (500, 375), 224, 64, 4, 25, 3)
+SMOKE = (16, (64, 48), 32, 4, 1, 2, 1)
 _CLASSES = 10
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 def jpeg_folder(count: int, size: tuple[int, int]) -> Path:
@@ -81,41 +90,67 @@ class WholeDecode:
     return np.stack(images), np.zeros(len(indices), np.int32)
 
 
-def seconds_per_batch(batches: Iterator, warmup: int, timed: int) -> float:
-  for _ in range(warmup):
+def seconds_and_cpu_per_batch(batches: Iterator, warmup: int,
+                              timed: int) -> tuple[float, float]:
+  """Wall seconds and CPU seconds (this process and its children) per batch."""
+  for _ in range(warmup):  # Also drains what the workers buffered meanwhile.
     next(batches)
-  start = time.perf_counter()
+  me = psutil.Process()
+  processes = [me, *me.children(recursive=True)]
+  cpu = lambda: sum(sum(p.cpu_times()[:2]) for p in processes)
+  cpu_start, start = cpu(), time.perf_counter()
   for _ in range(timed):
     next(batches)
-  seconds = (time.perf_counter() - start) / timed
-  batches.close()
-  return seconds
+  return (time.perf_counter() - start) / timed, (cpu() - cpu_start) / timed
 
 
-def measure(smoke: bool) -> list[common.Entry]:
+def measure_here(smoke: bool) -> list[common.Entry]:
   """Entries: 1 and 2 workers against the old pipeline, and 2 workers against 1."""
-  count, size, image_size, batch, warmup, timed = SMOKE if smoke else FULL
+  count, size, image_size, batch, warmup, timed, rounds = SMOKE if smoke else FULL
   root = jpeg_folder(count, size)
   config = base.get_base_config().data
   config.update(source='folder', path=str(root), per_example=True, image_size=image_size,
                 eval_resize=round(image_size * 256 / 224), test_split='validation')
   common_args = dict(batch_size=batch, seed=0, start_step=0, crop_padding=0, flip=True)
-  seconds = {}
+  pipelines = {}
   for workers in (1, 2):
     config.workers = workers
     train = data.load_dataset(config).train
-    seconds[workers] = seconds_per_batch(data.train_batches(train, **common_args),
-                                         warmup, timed)
-  old = WholeDecode(train.images.files, image_size)
-  seconds[0] = seconds_per_batch(data.train_batches(old, **common_args), warmup, timed)
-  rates = {f'images_per_s_{k}': batch / s for k, s in
-           (('old', seconds[0]), ('1_worker', seconds[1]), ('2_workers', seconds[2]))}
+    pipelines[workers] = data.train_batches(train, **common_args)
+  pipelines[0] = data.train_batches(WholeDecode(train.images.files, image_size),
+                                    **common_args)
+  measured = {k: [] for k in pipelines}
+  for _ in range(rounds):
+    for key, batches in pipelines.items():
+      measured[key].append(seconds_and_cpu_per_batch(batches, warmup, timed))
+  for batches in pipelines.values():
+    batches.close()
+  seconds = {k: statistics.median(s for s, _ in m) for k, m in measured.items()}
+  extra = {}
+  for key, label in ((0, 'old'), (1, '1_worker'), (2, '2_workers')):
+    extra[f'images_per_s_{label}'] = batch / seconds[key]
+    extra[f'cpu_ms_per_image_{label}'] = 1e3 * statistics.median(
+        c for _, c in measured[key]) / batch
   old_name = f'imagenet_pipeline/old_one_thread/b{batch}'
   return [
       common.entry(f'imagenet_pipeline/1_worker/b{batch}', seconds[1], old_name,
-                   seconds[0], None, **rates),
+                   seconds[0], None, **extra),
       common.entry(f'imagenet_pipeline/2_workers/b{batch}', seconds[2], old_name,
-                   seconds[0], 1 / 3, **rates),
+                   seconds[0], 1 / 3, **extra),
       common.entry(f'imagenet_pipeline/2_vs_1_workers/b{batch}', seconds[2],
-                   f'imagenet_pipeline/1_worker/b{batch}', seconds[1], 1 / 1.7, **rates),
+                   f'imagenet_pipeline/1_worker/b{batch}', seconds[1], 1 / 1.7, **extra),
   ]
+
+
+def measure(smoke: bool) -> list[common.Entry]:
+  """`measure_here` in a fresh Python process (its last output line, as JSON)."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.imagenet_pipeline', *(['--smoke'] * smoke)],
+      cwd=_ROOT, capture_output=True, text=True, check=False)
+  if result.returncode:
+    raise RuntimeError(f'benchmarks/imagenet_pipeline.py failed:\n{result.stderr}')
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+if __name__ == '__main__':
+  print(json.dumps(measure_here('--smoke' in sys.argv[1:])))
