@@ -7,10 +7,10 @@ Generates a folder of ImageNet-like JPEGs once (2,000 images of about 500x375, q
 images per second, in steady state (after the workers' start and a warm-up): the
 per-example pipeline of train/imagenet_data.py (Inception crop, draft decode) with 1 and
 with 2 worker processes, and the pipeline this project had before it (every JPEG decoded
-whole by PIL in one thread behind the prefetch thread, resize + center crop). The three
-run in a fresh Python process (nothing the other benchmarks left behind shares the
-cores), all open at once and timed in alternating rounds; each figure is the median
-round. Each entry also gives the CPU time of the pipeline's processes per image
+whole by PIL in one thread behind the prefetch thread, resize + center crop). They run
+in a fresh Python process (nothing the other benchmarks left behind shares the cores),
+in alternating rounds, each pipeline opened anew, timed alone and closed; each figure
+is the median round. Each entry also gives the CPU time of the pipeline's processes per image
 (`cpu_ms_per_image_*`): the cores a given images/s needs. Targets: 2 workers at least
 3x the old pipeline (ratio <= 1/3) and at least 1.7x one worker (ratio <= 1/1.7).
 """
@@ -35,7 +35,7 @@ from configs import base
 from train import data
 
 # (images, (width, height), image_size, batch, warm-up batches, timed batches, rounds)
-FULL = (2000, (500, 375), 224, 64, 4, 25, 3)
+FULL = (2000, (500, 375), 224, 64, 5, 30, 3)
 SMOKE = (16, (64, 48), 32, 4, 1, 2, 1)
 _CLASSES = 10
 _ROOT = Path(__file__).resolve().parent.parent
@@ -92,39 +92,53 @@ class WholeDecode:
 
 def seconds_and_cpu_per_batch(batches: Iterator, warmup: int,
                               timed: int) -> tuple[float, float]:
-  """Wall seconds and CPU seconds (this process and its children) per batch."""
-  for _ in range(warmup):  # Also drains what the workers buffered meanwhile.
-    next(batches)
-  me = psutil.Process()
-  processes = [me, *me.children(recursive=True)]
-  cpu = lambda: sum(sum(p.cpu_times()[:2]) for p in processes)
-  cpu_start, start = cpu(), time.perf_counter()
-  for _ in range(timed):
-    next(batches)
-  return (time.perf_counter() - start) / timed, (cpu() - cpu_start) / timed
+  """Wall seconds and CPU seconds (this process and its children) per batch of a newly
+  opened pipeline, after its workers started and `warmup` batches; closes it."""
+  try:
+    for _ in range(warmup):
+      next(batches)
+    processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    cpu_start, start = _cpu_seconds(processes), time.perf_counter()
+    for _ in range(timed):
+      next(batches)
+    return (time.perf_counter() - start) / timed, (_cpu_seconds(processes)
+                                                    - cpu_start) / timed
+  finally:
+    batches.close()
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+  total = 0.0
+  for process in processes:
+    try:
+      total += sum(process.cpu_times()[:2])
+    except psutil.NoSuchProcess:  # A helper that ended meanwhile.
+      pass
+  return total
 
 
 def measure_here(smoke: bool) -> list[common.Entry]:
-  """Entries: 1 and 2 workers against the old pipeline, and 2 workers against 1."""
+  """Entries: 1 and 2 workers against the old pipeline, and 2 workers against 1.
+
+  Each round opens each pipeline anew, times it alone and closes it (an open pipeline's
+  workers would fill their buffers while another is timed).
+  """
   count, size, image_size, batch, warmup, timed, rounds = SMOKE if smoke else FULL
   root = jpeg_folder(count, size)
   config = base.get_base_config().data
   config.update(source='folder', path=str(root), per_example=True, image_size=image_size,
                 eval_resize=round(image_size * 256 / 224), test_split='validation')
   common_args = dict(batch_size=batch, seed=0, start_step=0, crop_padding=0, flip=True)
-  pipelines = {}
+  sources = {}
   for workers in (1, 2):
     config.workers = workers
-    train = data.load_dataset(config).train
-    pipelines[workers] = data.train_batches(train, **common_args)
-  pipelines[0] = data.train_batches(WholeDecode(train.images.files, image_size),
-                                    **common_args)
-  measured = {k: [] for k in pipelines}
+    sources[workers] = data.load_dataset(config).train
+  sources[0] = WholeDecode(sources[1].images.files, image_size)
+  measured = {k: [] for k in sources}
   for _ in range(rounds):
-    for key, batches in pipelines.items():
-      measured[key].append(seconds_and_cpu_per_batch(batches, warmup, timed))
-  for batches in pipelines.values():
-    batches.close()
+    for key, source in sources.items():
+      measured[key].append(seconds_and_cpu_per_batch(
+          data.train_batches(source, **common_args), warmup, timed))
   seconds = {k: statistics.median(s for s, _ in m) for k, m in measured.items()}
   extra = {}
   for key, label in ((0, 'old'), (1, '1_worker'), (2, '2_workers')):
@@ -142,15 +156,23 @@ def measure_here(smoke: bool) -> list[common.Entry]:
   ]
 
 
+_MARK = 'imagenet_pipeline entries: '
+
+
 def measure(smoke: bool) -> list[common.Entry]:
-  """`measure_here` in a fresh Python process (its last output line, as JSON)."""
+  """`measure_here` in a fresh Python process (nothing another benchmark left behind
+  shares the cores); its result is the line starting with _MARK."""
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+      filter(None, (str(_ROOT), os.environ.get('PYTHONPATH'))))}
   result = subprocess.run(
       [sys.executable, '-m', 'benchmarks.imagenet_pipeline', *(['--smoke'] * smoke)],
-      cwd=_ROOT, capture_output=True, text=True, check=False)
-  if result.returncode:
-    raise RuntimeError(f'benchmarks/imagenet_pipeline.py failed:\n{result.stderr}')
-  return json.loads(result.stdout.strip().splitlines()[-1])
+      cwd=_ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False)
+  lines = [l for l in result.stdout.splitlines() if l.startswith(_MARK)]
+  if result.returncode or not lines:
+    raise RuntimeError(f'benchmarks/imagenet_pipeline.py exited {result.returncode} '
+                       f'without its entries:\n{result.stderr[-4000:]}')
+  return json.loads(lines[-1].removeprefix(_MARK))
 
 
 if __name__ == '__main__':
-  print(json.dumps(measure_here('--smoke' in sys.argv[1:])))
+  print(_MARK + json.dumps(measure_here('--smoke' in sys.argv[1:])))

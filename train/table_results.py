@@ -151,8 +151,8 @@ def is_default_results(results: str) -> bool:
   """True for the `results` folder at the root of a checkout of this project (the
   default, whichever checkout or worktree the harness ran from)."""
   path = Path(results).resolve()
-  return (results == RESULTS_DEFAULT or path.name == RESULTS_DEFAULT
-          and (path.parent / 'train' / 'reproduce.py').is_file())
+  return results == RESULTS_DEFAULT or (
+      path.name == RESULTS_DEFAULT and (path.parent / 'train' / 'reproduce.py').is_file())
 
 
 def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
