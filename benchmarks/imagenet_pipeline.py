@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import psutil
+import psutil  # Required by orbax-checkpoint and tensorflow-datasets (requirements.txt).
 from PIL import Image
 
 from benchmarks import common
