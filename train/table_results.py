@@ -172,6 +172,12 @@ def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
       cells = [_cell([c.value(r) for r in mine], c.fmt) for c in table.columns]
       mark = ' (stale)' if any(r.get('stale') for r in mine) else ''
       lines.append(f'| {row.label}{mark} | ' + ' | '.join(cells) + ' |')
+  for r in recs:
+    trace = tables.cost_check_trace(r) if r['seed'] == 0 else []
+    if trace:
+      lines += ['', f'C2S2 cost check of {r["row"]} (seed 0; kept/channels per layer at '
+                'each decision, held-out metric, action):', '']
+      lines += [f'- {line}' for line in trace]
   stale = [r for r in recs if r.get('stale')]
   if stale:
     lines += ['', f'(stale): the run\'s code differs from revision {head[:12]}, which '

@@ -160,5 +160,26 @@ def cost_check(r: Mapping[str, Any]) -> str | None:
   return ' / '.join(map(str, counts))
 
 
+def cost_check_trace(r: Mapping[str, Any]) -> list[str]:
+  """One line per C2S2 unit: its layers' kept channels at each decision, the action,
+  the held-out metric against the reference, and the MACs ratio after the unit."""
+  units: dict[int, list[Mapping[str, Any]]] = {}
+  for d in r.get('cost_check', ()):
+    units.setdefault(d['unit'], []).append(d)
+  lines = []
+  for unit, decisions in sorted(units.items()):
+    metric = 'miou' if 'miou' in decisions[0]['cost'] else 'top1'
+    steps = []
+    for d in decisions:
+      kept = ', '.join(f'{l["kept"]}/{l["channels"]}' for l in d['layers'].values())
+      steps.append(f'{kept} (lambda {next(iter(d["layers"].values()))["lambda"]:g}, '
+                   f'{metric} {d["cost"][metric]:.3f}) {d["action"]}')
+    after = decisions[-1].get('macs_ratio')
+    lines.append(f'unit {unit} `{", ".join(decisions[0]["layers"])}` (reference {metric} '
+                 f'{decisions[0]["reference"][metric]:.3f}): ' + '; '.join(steps)
+                 + (f'; MACs ratio {after:.3f}' if after is not None else ''))
+  return lines
+
+
 TOP1 = Column('top-1', summary('top1'))
 COST_CHECK = Column('cost check: units accepted / retried / given up', cost_check, '{}')
