@@ -161,8 +161,8 @@ def cost_check(r: Mapping[str, Any]) -> str | None:
 
 
 def cost_check_trace(r: Mapping[str, Any]) -> list[str]:
-  """One line per C2S2 unit: its layers' kept channels at each decision, the action,
-  the held-out metric against the reference, and the MACs ratio after the unit."""
+  """One line per C2S2 unit: its layers' kept channels and lambdas at each decision, the
+  held-out metric against the reference, the action, and the MACs ratio after the unit."""
   units: dict[int, list[Mapping[str, Any]]] = {}
   for d in r.get('cost_check', ()):
     units.setdefault(d['unit'], []).append(d)
@@ -171,9 +171,9 @@ def cost_check_trace(r: Mapping[str, Any]) -> list[str]:
     metric = 'miou' if 'miou' in decisions[0]['cost'] else 'top1'
     steps = []
     for d in decisions:
-      kept = ', '.join(f'{l["kept"]}/{l["channels"]}' for l in d['layers'].values())
-      steps.append(f'{kept} (lambda {next(iter(d["layers"].values()))["lambda"]:g}, '
-                   f'{metric} {d["cost"][metric]:.3f}) {d["action"]}')
+      kept = ', '.join(f'{l["kept"]}/{l["channels"]} lambda {l["lambda"]:g}'
+                       for l in d['layers'].values())  # Each layer's own lambda.
+      steps.append(f'{kept} ({metric} {d["cost"][metric]:.3f}) {d["action"]}')
     after = decisions[-1].get('macs_ratio')
     lines.append(f'unit {unit} `{", ".join(decisions[0]["layers"])}` (reference {metric} '
                  f'{decisions[0]["reference"][metric]:.3f}): ' + '; '.join(steps)

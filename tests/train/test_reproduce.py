@@ -270,20 +270,21 @@ def test_cost_check_trace_lists_each_units_decisions_and_the_table_shows_seed_0s
           'macs_ratio': 0.8314},
          {'unit': 1, 'action': 'give_up', 'cost': {'top1': 0.9}, 'reference': reference,
           'layers': {'b/conv1': {'channels': 32, 'kept': 4, 'lambda': 0.15},
-                     'c/conv1': {'channels': 32, 'kept': 8, 'lambda': 0.15}},
+                     'c/conv1': {'channels': 32, 'kept': 8, 'lambda': 0.05}},
           'macs_ratio': 0.8314}]
   assert tables.cost_check_trace({'cost_check': log}) == [
-      'unit 0 `a/conv1` (reference top1 0.990): 2/16 (lambda 0.3, top1 0.950) restore; '
-      '9/16 (lambda 0.3, top1 0.985) accept; MACs ratio 0.831',
-      'unit 1 `b/conv1, c/conv1` (reference top1 0.990): 4/32, 8/32 (lambda 0.15, top1 '
-      '0.900) give_up; MACs ratio 0.831']
+      'unit 0 `a/conv1` (reference top1 0.990): 2/16 lambda 0.3 (top1 0.950) restore; '
+      '9/16 lambda 0.3 (top1 0.985) accept; MACs ratio 0.831',
+      'unit 1 `b/conv1, c/conv1` (reference top1 0.990): 4/32 lambda 0.15, 8/32 lambda '
+      '0.05 (top1 0.900) give_up; MACs ratio 0.831']
   assert tables.cost_check_trace({}) == []
   table = tables.Table('t', 't', '', (tables.Row('c', 'C', 'C2S2', 'c'),), (tables.TOP1,))
   recs = [{'row': 'c', 'seed': seed, 'summary': {'top1': 0.9}, 'revision': 'r',
            'hardware': {}, 'stale': '', 'cost_check': log[:1 + seed]} for seed in (0, 1)]
   text = table_results.markdown(table, 'cpu', recs, [], 2, 'head')
   assert 'C2S2 cost check of c (seed 0;' in text
-  assert '- unit 0 `a/conv1` (reference top1 0.990): 2/16 (lambda 0.3, top1 0.950) restore\n' in text
+  assert ('- unit 0 `a/conv1` (reference top1 0.990): 2/16 lambda 0.3 (top1 0.950) '
+          'restore\n') in text
 
 
 def test_fine_tune_seeds_start_from_one_dense_run_and_results_come_as_rows_finish(
