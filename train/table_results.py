@@ -178,6 +178,13 @@ def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
       lines += ['', f'C2S2 cost check of {r["row"]} (seed 0; kept/channels per layer at '
                 'each decision, held-out metric, action):', '']
       lines += [f'- {line}' for line in trace]
+  comparisons = tables.seed_comparisons({
+      row.label: [r['summary']['top1'] for r in recs if r['row'] == row.name
+                  and r['summary'].get('top1') is not None] for row in table.rows})
+  if comparisons:
+    lines += ['', 'Rows with seeds, pairwise (a gap larger than the combined std of the '
+              'seeds is called real):', '']
+    lines += [f'- {line}' for line in comparisons]
   stale = [r for r in recs if r.get('stale')]
   if stale:
     lines += ['', f'(stale): the run\'s code differs from revision {head[:12]}, which '

@@ -5,6 +5,8 @@ A table file (`configs/tables/NAME.py`) defines `get_table(preset) -> Table`;
 """
 
 import dataclasses
+import math
+import statistics
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -178,6 +180,27 @@ def cost_check_trace(r: Mapping[str, Any]) -> list[str]:
     lines.append(f'unit {unit} `{", ".join(decisions[0]["layers"])}` (reference {metric} '
                  f'{decisions[0]["reference"][metric]:.3f}): ' + '; '.join(steps)
                  + (f'; MACs ratio {after:.3f}' if after is not None else ''))
+  return lines
+
+
+def seed_comparisons(top1_by_label: Mapping[str, list[float]]) -> list[str]:
+  """Every pair of rows with at least two seeds: the gap of their mean top-1 against
+  the combined standard deviation sqrt(s1^2 + s2^2) (sample stds over seeds), and
+  whether the gap exceeds it (the rule by which a table calls one method better).
+
+  Args:
+    top1_by_label: a row's label -> its seeds' top-1, in table order.
+  """
+  seeded = [(label, values) for label, values in top1_by_label.items() if len(values) > 1]
+  lines = []
+  for i, (label_a, a) in enumerate(seeded):
+    for label_b, b in seeded[i + 1:]:
+      gap = statistics.mean(a) - statistics.mean(b)
+      combined = math.hypot(statistics.stdev(a), statistics.stdev(b))
+      verdict = (f'{label_a if gap > 0 else label_b} is better' if abs(gap) > combined
+                 else 'within seed noise')
+      lines.append(f'{label_a} minus {label_b}: {gap:+.4f} top-1, combined std '
+                   f'{combined:.4f}: {verdict}')
   return lines
 
 

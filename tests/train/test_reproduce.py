@@ -2,14 +2,18 @@
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 
+import hypothesis
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 from tests.test_main import ROOT
 from train import errors, provenance, reproduce, table_results, tables
@@ -471,3 +475,39 @@ def test_stale_reason_names_only_the_changed_files_the_run_imported():
   assert provenance.stale_reason('abc', changed) == 'train/loop.py changed since abc'
   gone = {**code, 'train/removed.py': '2' * 40}
   assert provenance.stale_reason('abc', gone) == 'train/removed.py changed since abc'
+
+
+def test_seed_comparisons_call_a_gap_real_only_beyond_the_combined_std():
+  lines = tables.seed_comparisons({'A': [0.90, 0.92], 'B': [0.88, 0.88],
+                                   'C': [0.905, 0.915], 'dense': [0.93]})
+  # A - B = 0.03 > hypot(0.01414, 0) = 0.01414; A - C = 0; B - C = -0.03 > 0.00707.
+  assert lines == [
+      'A minus B: +0.0300 top-1, combined std 0.0141: A is better',
+      'A minus C: +0.0000 top-1, combined std 0.0158: within seed noise',
+      'B minus C: -0.0300 top-1, combined std 0.0071: C is better']
+  assert tables.seed_comparisons({'A': [0.9, 0.91], 'dense': [0.93]}) == []
+
+
+@hypothesis.given(st.lists(st.floats(0, 1), min_size=2, max_size=4),
+                  st.lists(st.floats(0, 1), min_size=2, max_size=4))
+def test_seed_comparison_verdict_follows_the_gap_and_the_spread(a, b):
+  (line,) = tables.seed_comparisons({'A': a, 'B': b})
+  gap = statistics.mean(a) - statistics.mean(b)
+  combined = math.hypot(statistics.stdev(a), statistics.stdev(b))
+  if abs(gap) <= combined:
+    assert line.endswith('within seed noise')
+  else:
+    assert line.endswith('A is better' if gap > 0 else 'B is better')
+
+
+def test_tables_list_seed_comparisons_under_the_rows():
+  table = tables.Table('t', 't', '', (tables.Row('l1', 'L1', 'L1', 'c', seeds=2),
+                                      tables.Row('c2', 'C2S2', 'C2S2', 'c', seeds=2)),
+                       (tables.TOP1,))
+  recs = [{'row': row, 'seed': seed, 'summary': {'top1': top1}, 'revision': 'r',
+           'hardware': {}, 'stale': ''}
+          for row, seed, top1 in (('l1', 0, 0.90), ('l1', 1, 0.90), ('c2', 0, 0.92),
+                                  ('c2', 1, 0.94))]
+  text = table_results.markdown(table, 'cpu', recs, [], 2, 'head')
+  assert ('- L1 minus C2S2: -0.0300 top-1, combined std 0.0141: C2S2 is better\n'
+          in text)
