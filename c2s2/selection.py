@@ -6,13 +6,14 @@ kept); the cost check compares held-out metrics with the pre-trained reference a
 `decide` says what to do when the budget is exceeded.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 ON_OVER_BUDGET = ('restore', 'halve_lambda')
+BUDGETS = ('cumulative', 'paced')
 
 
 def soft_threshold(x: jax.Array, threshold: float | jax.Array) -> jax.Array:
@@ -74,6 +75,46 @@ def within_budget(reference: Mapping[str, float], current: Mapping[str, float],
   """Whether the held-out `metric` (higher is better: 'top1', or 'miou' for
   segmentation) dropped by at most `epsilon` (in its units) from the reference."""
   return reference[metric] - current[metric] <= epsilon + 1e-12
+
+
+def unit_budget(epsilon: float, unit: int, num_units: int, budget: str) -> float:
+  """The held-out drop allowed after unit `unit` (0-based) of `num_units`.
+
+  'cumulative' (METHODS.md 2.2 as written): `epsilon` from the first unit on, so the
+  first units may spend all of it. 'paced': `epsilon * (unit + 1) / num_units`, the
+  budget spent evenly along the schedule, so every unit may prune its share.
+  """
+  if budget not in BUDGETS:
+    raise ValueError(f'budget={budget!r}; choose one of {BUDGETS}.')
+  if budget == 'cumulative':
+    return epsilon
+  return epsilon * min(unit + 1, num_units) / num_units
+
+
+def land_on_target(masks: Mapping[str, np.ndarray], importance: Mapping[str, np.ndarray],
+                   ratio_of: Callable[[dict[str, np.ndarray]], float], floor: float,
+                   multiple: int) -> tuple[dict[str, np.ndarray], bool]:
+  """Keeps pruned channels again until the MACs ratio is at least `floor`.
+
+  Budget-aware binarisation: a unit whose zeros would take the model below its MACs
+  target keeps, `multiple` at a time, the most important pruned channels of the layer
+  that keeps the smallest fraction (ties to the first), until `ratio_of(masks)` (the
+  model's MACs ratio with these masks) reaches `floor`.
+
+  Returns:
+    The masks and whether any channel was kept again.
+  """
+  masks = {n: np.asarray(m, bool) for n, m in masks.items()}
+  landed = False
+  while ratio_of(masks) < floor:
+    open_layers = [n for n, m in masks.items() if not m.all()]
+    if not open_layers:
+      break
+    name = min(open_layers, key=lambda n: masks[n].mean())
+    count = min(multiple, int((~masks[name]).sum()))
+    masks[name] = restore(masks[name], importance[name], count)
+    landed = True
+  return masks, landed
 
 
 def decide(within: bool, retry: int, max_retries: int, on_over_budget: str) -> str:

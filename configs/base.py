@@ -125,6 +125,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.channel_pruning.weight_learning_rate = 0.01
   config.channel_pruning.train_weights_in_phase1 = True
   config.channel_pruning.epsilon = 0.005  # Allowed held-out drop of cost_metric...
+  # ...from the first unit on ('cumulative'), or growing to epsilon along the units
+  # ('paced': epsilon * units done / units; c2s2.selection.unit_budget).
+  config.channel_pruning.budget = 'cumulative'
   config.channel_pruning.cost_metric = 'top1'  # ...'top1', or 'miou' (segmentation).
   config.channel_pruning.max_retries = 3
   config.channel_pruning.on_over_budget = 'restore'  # or 'halve_lambda'.
@@ -133,6 +136,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # c2s2: stop at this MACs ratio (0: never); baselines: prune the least fraction that
   # reaches it (overrides prune_fraction).
   config.channel_pruning.target_macs_ratio = 0.0
+  # c2s2: stop within this fraction above the target; a unit's binarisation keeps
+  # channels so that the ratio stays above target * (1 - target_tolerance).
+  config.channel_pruning.target_tolerance = 0.03
   config.channel_pruning.latency_batch = 128  # Batch of the latency measurement.
 
   config.log_every_steps = 50

@@ -52,6 +52,7 @@ class Position:
     reference: the pre-trained model's held-out metrics.
     decisions: one record per cost check (also written to c2s2.jsonl).
     finished: selection is over.
+    landed: the unit's binarisation kept channels to stay at `target_macs_ratio`.
   """
   unit: int
   phase: str
@@ -62,6 +63,7 @@ class Position:
   reference: dict[str, Any]
   decisions: list[dict[str, Any]]
   finished: bool = False
+  landed: bool = False
 
   def record(self) -> dict[str, Any]:
     return {'version': POSITION_VERSION, **dataclasses.asdict(self)}
@@ -214,8 +216,8 @@ class Driver:
     model, graph = self._model(pos.widths)
     if pos.phase == 'start':
       ratio = self._macs_ratio(pos.widths)
-      if pos.unit >= len(units) or (self.cp.target_macs_ratio > 0
-                                    and ratio <= self.cp.target_macs_ratio):
+      if pos.unit >= len(units) or (self.cp.target_macs_ratio > 0 and ratio <= (
+          self.cp.target_macs_ratio * (1 + self.cp.target_tolerance))):
         pos = dataclasses.replace(pos, finished=True)
         self._save(pos, state)
         return pos, state
@@ -224,16 +226,24 @@ class Driver:
         self.unit_start.wait()
       state = steps.replicate(c2s2_setup.with_unit(state, graph, units[pos.unit]),
                               self.setup.mesh)
-      pos = dataclasses.replace(pos, phase='phase1', phase_start=int(state.step), retry=0)
+      pos = dataclasses.replace(pos, phase='phase1', phase_start=int(state.step), retry=0,
+                                landed=False)
       self._save(pos, state)
       return pos, state
     state = self._train_phase(pos, state, model, graph)
     if pos.phase == 'phase1':
-      layers = c2s2_optim.layer_state(state.opt_state)
-      state = self._set_masks(state, selection.binarize_all(
-          jax.device_get(state.params[SCALES_KEY]), jax.device_get(layers.importance),
-          self.cp.min_channels, self.cp.channel_multiple))
-      pos = dataclasses.replace(pos, phase='phase2', phase_start=int(state.step))
+      importance = jax.device_get(c2s2_optim.layer_state(state.opt_state).importance)
+      masks = selection.binarize_all(jax.device_get(state.params[SCALES_KEY]), importance,
+                                     self.cp.min_channels, self.cp.channel_multiple)
+      landed = False
+      if self.cp.target_macs_ratio > 0:
+        masks, landed = selection.land_on_target(
+            masks, importance, lambda m: self._macs_ratio(self._masked_widths(pos, graph, m)),
+            self.cp.target_macs_ratio * (1 - self.cp.target_tolerance),
+            self.cp.channel_multiple)
+      state = self._set_masks(state, masks)
+      pos = dataclasses.replace(pos, phase='phase2', phase_start=int(state.step),
+                                landed=landed)
       self._save(pos, state)
       return pos, state
     return self._check(pos, state, model, graph)
@@ -283,6 +293,14 @@ class Driver:
                          first_nonfinite_step=state.first_nonfinite_step,
                          nonfinite_steps=state.nonfinite_steps)
 
+  @staticmethod
+  def _masked_widths(pos: Position, graph, masks: dict[str, np.ndarray]) -> dict[str, int]:
+    """The widths after surgery with `masks` on the unit's groups."""
+    widths = dict(pos.widths)
+    for name, mask in masks.items():
+      widths = model_setup.with_width(widths, graph.group(name), int(np.sum(mask)))
+    return widths
+
   def _macs_ratio(self, widths: dict[str, int]) -> float:
     n, shape = self.setup.dataset.num_classes, self.setup.dataset.image_shape
     return (model_setup.model_macs(self.config, n, widths, shape)
@@ -295,11 +313,14 @@ class Driver:
     layers = jax.device_get(c2s2_optim.layer_state(state.opt_state))
     masks = {n: np.asarray(m) > 0 for n, m in layers.masks.items()}
     metric = self.cp.cost_metric
+    budget = selection.unit_budget(self.cp.epsilon, pos.unit, len(self.setup.units),
+                                   self.cp.budget)
     action = selection.decide(
-        selection.within_budget(pos.reference, cost, self.cp.epsilon, metric),
+        selection.within_budget(pos.reference, cost, budget, metric),
         pos.retry, self.cp.max_retries, self.cp.on_over_budget)
     record = {'unit': pos.unit, 'retry': pos.retry, 'action': action,
               'step': int(state.step), 'reference': pos.reference, 'cost': cost,
+              'budget': budget, 'landed': pos.landed,
               'layers': {n: {'lambda': pos.lambdas[n], 'channels': int(m.size),
                              'kept': int(m.sum())} for n, m in masks.items()}}
     logging.info('C2S2 unit %d: held-out %s %.4f (reference %.4f), kept %s: %s.',

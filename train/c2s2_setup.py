@@ -46,7 +46,14 @@ def validate(config: ml_collections.ConfigDict, train_size: int) -> None:
                      'config.init_from to the workdir of a dense run.')
   if config.sparsity.method != 'none':
     raise ValueError('config.channel_pruning and config.sparsity cannot be combined.')
-  selection.decide(True, 0, 0, cp.on_over_budget)  # Validates the choice.
+  selection.decide(True, 0, 0, cp.on_over_budget)  # Validates the choices.
+  try:
+    selection.unit_budget(cp.epsilon, 0, 1, cp.budget)
+  except ValueError as e:
+    raise ValueError(f'config.channel_pruning.{e}') from None
+  if not 0 <= cp.target_tolerance < 1:
+    raise ValueError('config.channel_pruning.target_tolerance must be in [0, 1), got '
+                     f'{cp.target_tolerance}.')
   for key in ('layers_per_step', 'min_channels', 'channel_multiple'):
     if cp[key] < 1:
       raise ValueError(f'config.channel_pruning.{key} must be >= 1, got {cp[key]}.')

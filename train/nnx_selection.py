@@ -55,6 +55,7 @@ class C2S2Options:
   phase2_steps: int
   lambda_l1: float = 0.03
   epsilon: float = 0.005
+  budget: str = 'cumulative'  # or 'paced' (c2s2.selection.unit_budget)
   include: str = ''
   exclude: str = ''
   prune_residual_stream: bool = False
@@ -76,6 +77,9 @@ class C2S2Options:
     if self.on_over_budget not in selection.ON_OVER_BUDGET:
       raise ValueError(f'C2S2Options.on_over_budget={self.on_over_budget!r}; choose '
                        f'one of {selection.ON_OVER_BUDGET}.')
+    if self.budget not in selection.BUDGETS:
+      raise ValueError(f'C2S2Options.budget={self.budget!r}; choose one of '
+                       f'{selection.BUDGETS}.')
 
 
 @dataclasses.dataclass
@@ -185,9 +189,12 @@ class _Selector:
     return state._replace(scales=selection.scales_for_masks(state.scales, masks),
                           masks={n: jnp.asarray(m, jnp.float32) for n, m in masks.items()})
 
-  def unit(self, number: int, names: list[str], reference, decisions) -> None:
-    """Selects the channels of one unit and replaces the model with the smaller one."""
+  def unit(self, number: int, names: list[str], reference, decisions,
+           num_units: int) -> None:
+    """Selects the channels of unit `number` (of `num_units`) and replaces the model
+    with the smaller one."""
     options = self.options
+    budget = selection.unit_budget(options.epsilon, number, num_units, options.budget)
     train_apply, sums, variables, graph = self.views()
     steps = {phase: self.make_step(train_apply, graph, phase)
              for phase in ('phase1', 'phase2')}
@@ -210,10 +217,10 @@ class _Selector:
       cost = self.evaluate(sums, state.variables, state.scales, state.masks)
       chosen = {n: np.asarray(m) > 0 for n, m in state.masks.items()}
       action = selection.decide(
-          selection.within_budget(reference, cost, options.epsilon), retry,
+          selection.within_budget(reference, cost, budget), retry,
           options.max_retries, options.on_over_budget)
       decisions.append({
-          'unit': number, 'retry': retry, 'action': action, 'cost': cost,
+          'unit': number, 'retry': retry, 'action': action, 'cost': cost, 'budget': budget,
           'layers': {n: {'lambda': lambdas[n], 'channels': int(m.size),
                          'kept': int(m.sum())} for n, m in chosen.items()}})
       logging.info('C2S2 unit %d: held-out top-1 %.4f (reference %.4f), kept %s: %s.',
@@ -278,8 +285,9 @@ def select_c2s2(model: nnx.Module, train_batches: Iterator[Batch],
                        f'to fold its pruning layer into ({graph.group(name).sites}).')
   reference = selector.evaluate(sums, variables, {}, None)
   decisions: list[dict[str, Any]] = []
-  for number, unit in enumerate(selection.units(names, options.layers_per_step)):
-    selector.unit(number, unit, reference, decisions)
+  units = selection.units(names, options.layers_per_step)
+  for number, unit in enumerate(units):
+    selector.unit(number, unit, reference, decisions, len(units))
   return Selection(selector.model, reference, decisions)
 
 

@@ -163,8 +163,10 @@ def cost_check(r: Mapping[str, Any]) -> str | None:
 
 
 def cost_check_trace(r: Mapping[str, Any]) -> list[str]:
-  """One line per C2S2 unit: its layers' kept channels and lambdas at each decision, the
-  held-out metric against the reference, the action, and the MACs ratio after the unit."""
+  """One line per C2S2 unit: its layers' kept channels and lambdas at each decision
+  (marked where binarisation kept channels to stay at the MACs target), the held-out
+  metric against the reference and the drop allowed, the action, and the MACs ratio
+  after the unit."""
   units: dict[int, list[Mapping[str, Any]]] = {}
   for d in r.get('cost_check', ()):
     units.setdefault(d['unit'], []).append(d)
@@ -175,7 +177,10 @@ def cost_check_trace(r: Mapping[str, Any]) -> list[str]:
     for d in decisions:
       kept = ', '.join(f'{l["kept"]}/{l["channels"]} lambda {l["lambda"]:g}'
                        for l in d['layers'].values())  # Each layer's own lambda.
-      steps.append(f'{kept} ({metric} {d["cost"][metric]:.3f}) {d["action"]}')
+      budget = f', budget {d["budget"]:.3f}' if 'budget' in d else ''
+      landed = ' (capped at the MACs target)' if d.get('landed') else ''
+      steps.append(f'{kept}{landed} ({metric} {d["cost"][metric]:.3f}{budget}) '
+                   f'{d["action"]}')
     after = decisions[-1].get('macs_ratio')
     lines.append(f'unit {unit} `{", ".join(decisions[0]["layers"])}` (reference {metric} '
                  f'{decisions[0]["reference"][metric]:.3f}): ' + '; '.join(steps)

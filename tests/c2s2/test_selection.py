@@ -111,3 +111,48 @@ def test_within_budget_on_miou_ignores_top1():
   assert selection.within_budget(reference, current, 0.005)  # top-1 unchanged.
   assert not selection.within_budget(reference, current, 0.02, 'miou')
   assert selection.within_budget(reference, current, 0.05, 'miou')
+
+
+def test_unit_budget_cumulative_and_paced_hand_computed():
+  assert selection.unit_budget(0.02, 0, 4, 'cumulative') == 0.02
+  assert selection.unit_budget(0.02, 3, 4, 'cumulative') == 0.02
+  assert [selection.unit_budget(0.02, u, 4, 'paced') for u in range(4)] == \
+      pytest.approx([0.005, 0.01, 0.015, 0.02])
+  with pytest.raises(ValueError, match="budget='greedy'"):
+    selection.unit_budget(0.02, 0, 4, 'greedy')
+
+
+def _kept_ratio(masks):
+  """A stand-in MACs ratio: the kept fraction of all channels."""
+  return sum(m.sum() for m in masks.values()) / sum(m.size for m in masks.values())
+
+
+def test_land_on_target_keeps_the_most_important_channels_of_the_emptiest_layer():
+  masks = {'a': np.array([1, 0, 0, 0, 0, 0, 0, 1], bool), 'b': np.ones(8, bool)}
+  importance = {'a': np.arange(8.0), 'b': np.zeros(8)}
+  # Kept 10/16; the floor 0.7 needs 12: channels 6 and 5 of layer a (most important).
+  landed, changed = selection.land_on_target(masks, importance, _kept_ratio, 0.7, 2)
+  assert changed
+  np.testing.assert_array_equal(landed['a'], [1, 0, 0, 0, 0, 1, 1, 1])
+  np.testing.assert_array_equal(landed['b'], np.ones(8, bool))
+  same, changed = selection.land_on_target(masks, importance, _kept_ratio, 0.6, 2)
+  assert not changed and all((same[n] == masks[n]).all() for n in masks)
+
+
+@settings(deadline=None, max_examples=50)
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=3), st.data(),
+       st.floats(0, 1), st.integers(1, 4))
+def test_land_on_target_reaches_the_floor_by_the_least_restoring(sizes, data, floor,
+                                                                 multiple):
+  masks = {f'l{i}': np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+           for i, n in enumerate(sizes)}
+  importance = {n: np.arange(m.size, dtype=float) for n, m in masks.items()}
+  landed, changed = selection.land_on_target(masks, importance, _kept_ratio, floor,
+                                             multiple)
+  for n in masks:
+    assert (landed[n] >= masks[n]).all()  # Only keeps channels again.
+  assert _kept_ratio(landed) >= floor or all(m.all() for m in landed.values())
+  assert changed == any((landed[n] != masks[n]).any() for n in masks)
+  if changed:  # Before its last restore (at most `multiple`) it was below the floor.
+    total = sum(m.size for m in masks.values())
+    assert (sum(m.sum() for m in landed.values()) - multiple) / total < floor

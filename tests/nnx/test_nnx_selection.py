@@ -91,7 +91,18 @@ def test_over_budget_halves_lambda_and_redoes_phase_one():
   assert widths(result.model) == {'blocks/0/conv1': 8, 'blocks/1/conv1': 12}
 
 
+def test_paced_budget_grows_along_the_units():
+  result = run(epsilon=0.5, budget='paced', layers_per_step=1, max_retries=0)
+  assert [d['unit'] for d in result.decisions] == [0, 1]
+  assert [d['budget'] for d in result.decisions] == [0.25, 0.5]
+  for d in result.decisions:
+    within = result.reference['top1'] - d['cost']['top1'] <= d['budget'] + 1e-12
+    assert d['action'] == ('accept' if within else 'give_up')
+
+
 def test_bad_options_are_refused_by_name():
+  with pytest.raises(ValueError, match="C2S2Options.budget='greedy'"):
+    nnx_selection.C2S2Options(phase1_steps=1, phase2_steps=1, budget='greedy')
   with pytest.raises(ValueError, match='C2S2Options.phase2_steps must be >= 1'):
     nnx_selection.C2S2Options(phase1_steps=1, phase2_steps=0)
   with pytest.raises(ValueError, match="on_over_budget='drop'"):

@@ -204,9 +204,57 @@ def test_resume_inside_each_branch_ends_identically(over_budget_runs, branch):
   assert_trees_equal(a.params, b.params)
 
 
+def ratios(workdir):
+  return [d['macs_ratio'] for d in decisions(workdir) if 'macs_ratio' in d]
+
+
+@pytest.mark.parametrize('tolerance,units', [(0.03, [0]), (0.0, [0, 1, 2])])
+def test_target_caps_the_unit_that_reaches_it_and_stops_within_the_tolerance(
+    dense_workdir, finished, tmp_path, tolerance, units):
+  # Unpruned by a target, unit 0 keeps 2 of 16 channels (MACs ratio ~0.66). Kept
+  # channels come in multiples of 4, each ~0.096 of the MACs: the least pruning that
+  # stays above 0.8 * (1 - tolerance) keeps 8 (ratio ~0.81), which stops the selection
+  # only within the 3% tolerance above the target. Without it, units 1 and 2 run too,
+  # and their landing keeps every channel (4 fewer would fall below 0.8).
+  (first,) = [d for d in decisions(finished[0]) if d['unit'] == 0]
+  assert first['layers']['stage1_block0/conv1']['kept'] == 2
+  per_channel = (1 - first['macs_ratio']) / 14
+  summary = dispatch.train_and_evaluate(
+      c2s2_config(dense_workdir, target_macs_ratio=0.8, target_tolerance=tolerance,
+                  channel_multiple=4), str(tmp_path))
+  log = decisions(str(tmp_path))
+  assert [d['unit'] for d in log] == units
+  assert log[0]['landed'] and log[0]['layers']['stage1_block0/conv1']['kept'] == 8
+  assert ratios(str(tmp_path))[0] == pytest.approx(1 - 8 * per_channel)
+  assert 0.8 < ratios(str(tmp_path))[0] <= 0.8 * 1.03
+  assert summary['macs'] / summary['macs_original'] == pytest.approx(
+      ratios(str(tmp_path))[-1])
+  for d in log[1:]:
+    assert d['landed'] and all(l['kept'] == l['channels'] for l in d['layers'].values())
+
+
+def test_paced_budget_allows_a_share_of_epsilon_per_unit(dense_workdir, finished,
+                                                        tmp_path):
+  # Cumulative epsilon 1.0 accepts unit 0 (its held-out drop is ~0.4); paced allows
+  # it 1/3 of epsilon, so unit 0 is given up (no retries) and the others run.
+  first = decisions(finished[0])[0]
+  drop = first['reference']['top1'] - first['cost']['top1']
+  assert first['action'] == 'accept' and 1 / 3 < drop <= 1.0
+  dispatch.train_and_evaluate(
+      c2s2_config(dense_workdir, budget='paced', max_retries=0), str(tmp_path))
+  log = decisions(str(tmp_path))
+  assert [d['budget'] for d in log] == pytest.approx([1 / 3, 2 / 3, 1.0])
+  assert log[0]['action'] == 'give_up'
+  for d in log:
+    within = d['reference']['top1'] - d['cost']['top1'] <= d['budget'] + 1e-12
+    assert d['action'] == ('accept' if within else 'give_up')
+
+
 @pytest.mark.parametrize('key,value,message', [
     ('target_macs_ratio', 0.01, 'target_macs_ratio'),
     ('epsilon', -0.01, 'epsilon must be >= 0'),
+    ('budget', 'greedy', "channel_pruning.budget='greedy'"),
+    ('target_tolerance', 1.0, 'target_tolerance must be in'),
     ('prune_residual_stream', True, 'prune_residual_stream'),
     ('include', 'nothing', 'include'),
 ])

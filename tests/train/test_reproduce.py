@@ -271,14 +271,15 @@ def test_cost_check_trace_lists_each_units_decisions_and_the_table_shows_seed_0s
           'layers': {'a/conv1': {'channels': 16, 'kept': 2, 'lambda': 0.3}}},
          {'unit': 0, 'action': 'accept', 'cost': {'top1': 0.985}, 'reference': reference,
           'layers': {'a/conv1': {'channels': 16, 'kept': 9, 'lambda': 0.3}},
-          'macs_ratio': 0.8314},
+          'macs_ratio': 0.8314, 'budget': 0.0125, 'landed': True},
          {'unit': 1, 'action': 'give_up', 'cost': {'top1': 0.9}, 'reference': reference,
           'layers': {'b/conv1': {'channels': 32, 'kept': 4, 'lambda': 0.15},
                      'c/conv1': {'channels': 32, 'kept': 8, 'lambda': 0.05}},
           'macs_ratio': 0.8314}]
   assert tables.cost_check_trace({'cost_check': log}) == [
       'unit 0 `a/conv1` (reference top1 0.990): 2/16 lambda 0.3 (top1 0.950) restore; '
-      '9/16 lambda 0.3 (top1 0.985) accept; MACs ratio 0.831',
+      '9/16 lambda 0.3 (capped at the MACs target) (top1 0.985, budget 0.013) accept; '
+      'MACs ratio 0.831',
       'unit 1 `b/conv1, c/conv1` (reference top1 0.990): 4/32 lambda 0.15, 8/32 lambda '
       '0.05 (top1 0.900) give_up; MACs ratio 0.831']
   assert tables.cost_check_trace({}) == []
