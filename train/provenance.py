@@ -13,6 +13,11 @@ from typing import Any
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The files whose changes can change a result (a row is stale if they changed).
 CODE_PATHS = ('cci', 'c2s2', 'train', 'configs', 'main.py', 'requirements.txt')
+# Config files only make config values: a run records its whole resolved config, and
+# the harness compares that with the row's (`reproduce.same_config`), so a config
+# file's change that matters to a run shows there, and one that does not (a key added
+# for another method) leaves its result current.
+CONFIG_PATHS = ('configs/',)
 
 
 def _git(*args: str) -> subprocess.CompletedProcess:
@@ -75,8 +80,9 @@ def _named(paths: list[str], since: str) -> str:
 
 def stale_reason(recorded: str, code: Mapping[str, str] | None = None) -> str:
   """Why a result made at revision `recorded` may differ from one made at HEAD ('' if
-  not). With `code` (the run's `code_files()`), only the files the run imported count;
-  without it (older records), every file under `CODE_PATHS`."""
+  not). With `code` (the run's `code_files()`), only the files the run imported count,
+  config files aside (`CONFIG_PATHS`); without it (older records), every file under
+  `CODE_PATHS`."""
   try:
     head = _git('rev-parse', 'HEAD')
     head_blobs = _blobs_at(head.stdout.strip()) if not head.returncode else None
@@ -85,7 +91,8 @@ def stale_reason(recorded: str, code: Mapping[str, str] | None = None) -> str:
   if head_blobs is None:
     return 'git cannot read HEAD'
   if code:
-    changed = sorted(p for p, blob in code.items() if head_blobs.get(p) != blob)
+    changed = sorted(p for p, blob in code.items()
+                     if head_blobs.get(p) != blob and not p.startswith(CONFIG_PATHS))
     return _named(changed, recorded) if changed else ''
   if recorded.endswith('-dirty'):
     return f'ran with uncommitted changes on {recorded[:12]}'

@@ -476,6 +476,8 @@ def test_stale_reason_names_only_the_changed_files_the_run_imported():
   assert provenance.stale_reason('abc', changed) == 'train/loop.py changed since abc'
   gone = {**code, 'train/removed.py': '2' * 40}
   assert provenance.stale_reason('abc', gone) == 'train/removed.py changed since abc'
+  # A config file's change shows in the run's recorded config, not here.
+  assert provenance.stale_reason('abc', {**code, 'configs/base.py': '3' * 40}) == ''
 
 
 def test_seed_comparisons_call_a_gap_real_only_beyond_the_combined_std():
