@@ -2,25 +2,31 @@
 
 See ../shared/METHODS.md section 2 and docs/methods.md (C2S2 channel selection). Pure
 functions and a small Flax module; the progressive driver lives in `train.c2s2_driver`.
+
+`c2s2.NAME` finds NAME in the first of `_SUBMODULES` that defines it, loading modules
+only then (PEP 562), and this file names no function: a run that only traces the
+channel graph (every run builds its model through it) imports `c2s2.graph` and not the
+selection code, so its recorded code (`train.provenance.code_files`) holds only what it
+used, and a change to the selection, a new function included, leaves it current.
 """
 
-from c2s2 import nnx
-from c2s2.compact import CompactApplyError, compact_apply, compact_layers
-from c2s2.graph import ChannelGraph, ChannelGroup, Coupling, trace_channel_graph
-from c2s2.layer import MODES, PruningLayer, prune_channels, pruning_layers
-from c2s2.selection import (BUDGETS, ON_OVER_BUDGET, binarize, cost_weights, decide,
-                            land_on_target, proximal_sgd_step, restore, restore_order,
-                            round_up, soft_threshold, unit_budget, within_budget)
-from c2s2.surgery import (fold_scale, fold_scales, foldable, plan, slice_params_like,
-                          slice_variables)
+import importlib
+import inspect
+from typing import Any
 
-__all__ = [
-    'BUDGETS', 'MODES', 'ON_OVER_BUDGET', 'ChannelGraph', 'ChannelGroup', 'CompactApplyError',
-    'Coupling', 'PruningLayer', 'nnx', 'binarize', 'compact_apply', 'compact_layers',
-    'cost_weights', 'decide', 'fold_scale', 'fold_scales', 'foldable', 'land_on_target',
-    'plan',
-    'proximal_sgd_step',
-    'prune_channels', 'pruning_layers', 'restore', 'restore_order', 'round_up',
-    'slice_params_like', 'slice_variables', 'soft_threshold', 'trace_channel_graph',
-    'unit_budget', 'within_budget',
-]
+_SUBMODULES = ('graph', 'layer', 'surgery', 'compact', 'selection', 'criteria', 'optim',
+               'heads', 'jaxpr_tags', 'nnx')
+
+
+def __getattr__(name: str) -> Any:
+  if name in _SUBMODULES:
+    return importlib.import_module(f'c2s2.{name}')
+  if not name.startswith('_'):
+    for module_name in _SUBMODULES:
+      module = importlib.import_module(f'c2s2.{module_name}')
+      value = vars(module).get(name)
+      # Defined there (a function or class), or a constant of it; not an import.
+      if value is not None and not inspect.ismodule(value) and getattr(
+          value, '__module__', module.__name__) == module.__name__:
+        return value
+  raise AttributeError(f'module c2s2 has no attribute {name!r}')

@@ -92,29 +92,35 @@ def unit_budget(epsilon: float, unit: int, num_units: int, budget: str) -> float
 
 
 def land_on_target(masks: Mapping[str, np.ndarray], importance: Mapping[str, np.ndarray],
-                   ratio_of: Callable[[dict[str, np.ndarray]], float], floor: float,
-                   multiple: int) -> tuple[dict[str, np.ndarray], bool]:
-  """Keeps pruned channels again until the MACs ratio is at least `floor`.
+                   ratio_of: Callable[[dict[str, np.ndarray]], float], target: float,
+                   tolerance: float, multiple: int) -> tuple[dict[str, np.ndarray], bool]:
+  """Keeps pruned channels again so that the MACs ratio lands on `target`.
 
   Budget-aware binarisation: a unit whose zeros would take the model below its MACs
   target keeps, `multiple` at a time, the most important pruned channels of the layer
   that keeps the smallest fraction (ties to the first), until `ratio_of(masks)` (the
-  model's MACs ratio with these masks) reaches `floor`.
+  model's MACs ratio with these masks) is at least `target`; if that last restore
+  overshoots `target * (1 + tolerance)` while the masks before it were within
+  `target * (1 - tolerance)`, those are kept instead.
 
   Returns:
     The masks and whether any channel was kept again.
   """
-  masks = {n: np.asarray(m, bool) for n, m in masks.items()}
-  landed = False
-  while ratio_of(masks) < floor:
+  given = {n: np.asarray(m, bool) for n, m in masks.items()}
+  masks = dict(given)
+  ratio, before = ratio_of(masks), None
+  while ratio < target:
     open_layers = [n for n, m in masks.items() if not m.all()]
     if not open_layers:
       break
     name = min(open_layers, key=lambda n: masks[n].mean())
-    count = min(multiple, int((~masks[name]).sum()))
-    masks[name] = restore(masks[name], importance[name], count)
-    landed = True
-  return masks, landed
+    before = (dict(masks), ratio)
+    masks[name] = restore(masks[name], importance[name],
+                          min(multiple, int((~masks[name]).sum())))
+    ratio = ratio_of(masks)
+  if before and ratio > target * (1 + tolerance) and before[1] >= target * (1 - tolerance):
+    masks = before[0]
+  return masks, any((masks[n] != given[n]).any() for n in masks)
 
 
 def decide(within: bool, retry: int, max_retries: int, on_over_budget: str) -> str:

@@ -35,7 +35,9 @@ from train import workdir as workdir_lib
 from train.c2s2_setup import SCALES_KEY, Setup, make_setup
 from train.state import TrainState
 
-POSITION_VERSION = 2  # 1: the untyped `pos` dict beside a SelectionState (refused).
+# 1: the untyped `pos` dict beside a SelectionState; 2: before landing on the MACs
+# target (its phase-2 masks did not land; refused, so a resumed run equals a fresh one).
+POSITION_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,8 @@ class Position:
     reference: the pre-trained model's held-out metrics.
     decisions: one record per cost check (also written to c2s2.jsonl).
     finished: selection is over.
-    landed: the unit's binarisation kept channels to stay at `target_macs_ratio`.
+    landed: this unit's binarisation kept channels to land on `target_macs_ratio`
+      (cleared by the cost check's retries and at the next unit).
   """
   unit: int
   phase: str
@@ -120,6 +123,7 @@ class Driver:
     self.unit_start = checkpoints.Checkpointer(
         os.path.join(directory, workdir_lib.UNIT_START_DIR), 1)
     self.writer = None
+    self.original_macs: int | None = None
 
   # Position, state and methods ----------------------------------------------------
 
@@ -239,8 +243,7 @@ class Driver:
       if self.cp.target_macs_ratio > 0:
         masks, landed = selection.land_on_target(
             masks, importance, lambda m: self._macs_ratio(self._masked_widths(pos, graph, m)),
-            self.cp.target_macs_ratio * (1 - self.cp.target_tolerance),
-            self.cp.channel_multiple)
+            self.cp.target_macs_ratio, self.cp.target_tolerance, self.cp.channel_multiple)
       state = self._set_masks(state, masks)
       pos = dataclasses.replace(pos, phase='phase2', phase_start=int(state.step),
                                 landed=landed)
@@ -303,8 +306,10 @@ class Driver:
 
   def _macs_ratio(self, widths: dict[str, int]) -> float:
     n, shape = self.setup.dataset.num_classes, self.setup.dataset.image_shape
-    return (model_setup.model_macs(self.config, n, widths, shape)
-            / model_setup.model_macs(self.config, n, self.setup.original_widths, shape))
+    if self.original_macs is None:
+      self.original_macs = model_setup.model_macs(self.config, n,
+                                                  self.setup.original_widths, shape)
+    return model_setup.model_macs(self.config, n, widths, shape) / self.original_macs
 
   def _check(self, pos: Position, state: TrainState, model,
              graph) -> tuple[Position, TrainState]:
@@ -332,7 +337,7 @@ class Driver:
           n: selection.restore_half(m, layers.importance[n], self.cp.channel_multiple)
           for n, m in masks.items()})
       pos = dataclasses.replace(pos, phase_start=int(state.step), retry=pos.retry + 1,
-                                decisions=decisions)
+                                decisions=decisions, landed=False)
     elif action == 'halve_lambda':
       state = steps.replicate(
           c2s2_setup.with_unit(self._unit_start_state(pos, state), graph, list(masks)),
@@ -340,7 +345,7 @@ class Driver:
       pos = dataclasses.replace(
           pos, phase='phase1', phase_start=int(state.step), retry=pos.retry + 1,
           lambdas={**pos.lambdas, **{n: pos.lambdas[n] / 2 for n in masks}},
-          decisions=decisions)
+          decisions=decisions, landed=False)
     else:
       if action == 'give_up':  # The unit as it started: every channel, its weights.
         state = steps.replicate(self._unit_start_state(pos, state), self.setup.mesh)
@@ -351,7 +356,7 @@ class Driver:
       record['macs_ratio'] = self._macs_ratio(widths)
       # Saved by the next unit's start, at this same step.
       return dataclasses.replace(pos, unit=pos.unit + 1, phase='start', retry=0,
-                                 widths=widths, decisions=decisions), state
+                                 widths=widths, decisions=decisions, landed=False), state
     self._save(pos, state)
     return pos, state
 

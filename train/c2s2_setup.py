@@ -54,6 +54,11 @@ def validate(config: ml_collections.ConfigDict, train_size: int) -> None:
   if not 0 <= cp.target_tolerance < 1:
     raise ValueError('config.channel_pruning.target_tolerance must be in [0, 1), got '
                      f'{cp.target_tolerance}.')
+  if cp.target_macs_ratio > 0 and cp.target_macs_ratio * (1 + cp.target_tolerance) >= 1:
+    raise ValueError(
+        f'config.channel_pruning.target_macs_ratio={cp.target_macs_ratio} is within '
+        f'target_tolerance={cp.target_tolerance} of the unpruned model: selection would '
+        'stop before its first unit.')
   for key in ('layers_per_step', 'min_channels', 'channel_multiple'):
     if cp[key] < 1:
       raise ValueError(f'config.channel_pruning.{key} must be >= 1, got {cp[key]}.')

@@ -11,8 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from train import (c2s2_driver, channel_baselines, checkpoints, experiment, export,
-                   export_run, loop, provenance, saved_config)
+from train import checkpoints, experiment, export, export_run, loop, provenance, saved_config
 
 MODES = ('train', 'eval', 'efficiency', 'export')
 
@@ -37,12 +36,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if config.init_from and config.channel_pruning.method == 'none':
     checkpoints.check_variables(config.init_from, exp.variables)
   saved_config.prepare(workdir, config, overwrite)
+  # The selection code is imported only by the runs that use it (see c2s2/__init__.py).
   method = config.channel_pruning.method
   if method == 'c2s2':
+    from train import c2s2_driver
     finetune = c2s2_driver.select(config, workdir, stop_at_step)
     if finetune is None:
       return {}
-  elif method in channel_baselines.METHODS:
+  elif method != 'none':  # experiment.build accepted it: a baseline.
+    from train import channel_baselines
+    assert method in channel_baselines.METHODS, method  # experiment.validate's list.
     finetune = channel_baselines.select(config, workdir)
   else:
     # Overwritten: the old run's widths.json is gone, so build without it.

@@ -11,17 +11,16 @@ with the same name share one run, e.g. the dense pre-training. A row already rec
 in `RESULTS/NAME.json` with the same config is kept without its workdir (rerun only if
 a later row must start from it), so the results files carry a reproduction across
 machines that do not keep `ROOT`. `--rerun=stale` runs again every row whose code differs
-from HEAD (the files under `provenance.CODE_PATHS` its run imported, by git blob hash;
-for older records without that list, every file under those paths), `--rerun=all` every row (a finished
-workdir is moved aside to `ROW.replaced-TIME`, never deleted); rows starting from a row
-run again are run again too. The tables mark the stale rows they hold. At the end the
-inference
-latency of every finished row's model is measured side by side in this process (a
-rerun in which no finished row changed keeps the recorded times unless
-`--remeasure_latency`), and
-`RESULTS/NAME.md`, `.csv`, `.json` (per row: git revision, full config, hardware, wall
-time, seed, summary, C2S2's cost-check decisions) and `.png` (top-1 against MACs, one
-marker per method) are written.
+from HEAD (the files under `provenance.CODE_PATHS` its run imported, config files aside,
+by git blob hash; for older records without that list, every file under those paths),
+`--rerun=all` every row (a finished workdir is moved aside to `ROW.replaced-TIME`, never
+deleted); rows starting from a row run again are run again too. The tables mark the
+stale rows they hold, and the rows kept although the run they started from was run
+again (`START_FILE`). At the end the inference latency of every finished row's model is
+measured side by side in this process (a rerun in which no finished row changed keeps
+the recorded times unless `--remeasure_latency`), and `RESULTS/NAME.md`, `.csv`, `.json`
+(per row: git revision, full config, hardware, wall time, seed, summary, C2S2's
+cost-check decisions) and `.png` (top-1 against MACs, one marker per method) are written.
 """
 
 import importlib
@@ -343,6 +342,13 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
         os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)) and not own):
       move_aside(workdir)  # An unfinished run of this row's config resumes instead.
     args = command(row, workdir, seed, dependency, overrides, widths)
+    start_file = os.path.join(workdir, workdir_lib.START_FILE)
+    if dependency and not os.path.exists(start_file):  # Which run it starts from (a
+      os.makedirs(workdir, exist_ok=True)  # resumed run has started from it already).
+      workdir_lib.write_json(start_file, {
+          'row': row.start_from, 'seed': start_seed(row, seed),
+          'summary_digest': table_results.summary_digest(workdir_lib.read_json(
+              os.path.join(dependency, workdir_lib.SUMMARY_FILE)))})
     logging.info('%s seed %d: %s', row.name, seed, ' '.join(args[1:]))
     ok, detail = run_row(args, workdir, workdir + '.log')
     ran.add((row.name, seed))
@@ -400,7 +406,9 @@ def main(argv: list[str]) -> None:
     """Writes the results of the finished pairs; times them side by side if `final`."""
     recs = table_results.records(table, statuses, prior)
     for r in recs:
-      r['stale'] = provenance.stale_reason(r['revision'], r['summary'].get('code'))
+      reasons = [provenance.stale_reason(r['revision'], r['summary'].get('code')),
+                 table_results.changed_start(r, recs)]
+      r['stale'] = '; '.join(reason for reason in reasons if reason)
     if final and (_REMEASURE.value or
                   not table_results.latencies_current(recs, prior, _LATENCY_BATCH.value)):
       table_results.add_latencies(table, recs, _LATENCY_BATCH.value)

@@ -6,6 +6,7 @@ side, and writes the files under `--results`.
 """
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -98,8 +99,32 @@ def records(table: tables.Table, statuses: list[dict[str, Any]],
         'summary': summary,
         **({'cost_check': workdir_lib.read_jsonl(decisions_path)}
            if os.path.exists(decisions_path) else {}),
+        **({'start': workdir_lib.read_json(start_path)}
+           if os.path.exists(start_path := os.path.join(workdir, workdir_lib.START_FILE))
+           else {}),
     })
   return out
+
+
+def summary_digest(summary: dict[str, Any]) -> str:
+  """A short fingerprint of a finished run (its summary.json content)."""
+  return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def changed_start(record: dict[str, Any], recs: list[dict[str, Any]]) -> str:
+  """Why `record` no longer follows from the table's run of its start row ('' if it
+  does, or if it records no start): that row has been run again since (e.g. after a
+  config change) and this row was kept."""
+  start = record.get('start')
+  if not start:
+    return ''
+  for r in recs:
+    if (r['row'], r['seed']) == (start['row'], start['seed']):
+      if summary_digest(r['summary']) != start['summary_digest']:
+        return (f'started from another run of {start["row"]} (seed {start["seed"]}) than '
+                'the one in this table')
+      return ''
+  return ''
 
 
 def wall_time(attempts: list[dict[str, Any]], summary: dict[str, Any]) -> float:
@@ -178,9 +203,9 @@ def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
       lines += ['', f'C2S2 cost check of {r["row"]} (seed 0; kept/channels per layer at '
                 'each decision, held-out metric, action):', '']
       lines += [f'- {line}' for line in trace]
-  comparisons = tables.seed_comparisons({
-      row.label: [r['summary']['top1'] for r in recs if r['row'] == row.name
-                  and r['summary'].get('top1') is not None] for row in table.rows})
+  comparisons = tables.seed_comparisons([
+      (row.label, [r['summary']['top1'] for r in recs if r['row'] == row.name
+                   and r['summary'].get('top1') is not None]) for row in table.rows])
   if comparisons:
     lines += ['', 'Rows with seeds, pairwise (a gap larger than the combined std of the '
               'seeds is called real):', '']

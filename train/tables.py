@@ -7,7 +7,7 @@ A table file (`configs/tables/NAME.py`) defines `get_table(preset) -> Table`;
 import dataclasses
 import math
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 PRESETS = ('cpu', 'cpu_short', 'paper')
@@ -188,22 +188,23 @@ def cost_check_trace(r: Mapping[str, Any]) -> list[str]:
   return lines
 
 
-def seed_comparisons(top1_by_label: Mapping[str, list[float]]) -> list[str]:
+def seed_comparisons(top1_of_rows: Sequence[tuple[str, list[float]]]) -> list[str]:
   """Every pair of rows with at least two seeds: the gap of their mean top-1 against
   the combined standard deviation sqrt(s1^2 + s2^2) (sample stds over seeds), and
   whether the gap exceeds it (the rule by which a table calls one method better).
 
   Args:
-    top1_by_label: a row's label -> its seeds' top-1, in table order.
+    top1_of_rows: (a row's label, its seeds' top-1) in table order.
   """
-  seeded = [(label, values) for label, values in top1_by_label.items() if len(values) > 1]
+  seeded = [(label, values) for label, values in top1_of_rows if len(values) > 1]
   lines = []
   for i, (label_a, a) in enumerate(seeded):
     for label_b, b in seeded[i + 1:]:
       gap = statistics.mean(a) - statistics.mean(b)
       combined = math.hypot(statistics.stdev(a), statistics.stdev(b))
-      verdict = (f'{label_a if gap > 0 else label_b} is better' if abs(gap) > combined
-                 else 'within seed noise')
+      real = abs(gap) > combined + 1e-9  # Float noise of equal means is no gap.
+      verdict = f'{label_a if gap > 0 else label_b} is better' if real else (
+          'within seed noise')
       lines.append(f'{label_a} minus {label_b}: {gap:+.4f} top-1, combined std '
                    f'{combined:.4f}: {verdict}')
   return lines

@@ -26,6 +26,7 @@ SUMMARY_FILE = 'summary.json'
 EVAL_FILE = 'eval.json'
 DECISIONS_FILE = 'c2s2.jsonl'  # C2S2's cost-check decisions, one JSON object a line.
 WIDTHS_FILE = 'widths.json'  # The model's widths (a compact model's after selection).
+START_FILE = 'start.json'  # train.reproduce: the run a row started from (its summary digest).
 LAYERS_FILE = 'layers.json'  # CCI's per-layer sparsity table.
 EFFICIENCY_FILE = 'efficiency.json'
 ATTEMPTS_FILE = 'reproduce_attempts.json'  # train.reproduce: each attempt's wall time.

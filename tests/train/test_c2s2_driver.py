@@ -212,25 +212,33 @@ def ratios(workdir):
 def test_target_caps_the_unit_that_reaches_it_and_stops_within_the_tolerance(
     dense_workdir, finished, tmp_path, tolerance, units):
   # Unpruned by a target, unit 0 keeps 2 of 16 channels (MACs ratio ~0.66). Kept
-  # channels come in multiples of 4, each ~0.096 of the MACs: the least pruning that
-  # stays above 0.8 * (1 - tolerance) keeps 8 (ratio ~0.81), which stops the selection
+  # channels come in multiples of 4, each ~0.096 of the MACs: landing keeps 8 (ratio
+  # ~0.81; 4 would give ~0.71, below 0.8 * (1 - tolerance)), which stops the selection
   # only within the 3% tolerance above the target. Without it, units 1 and 2 run too,
   # and their landing keeps every channel (4 fewer would fall below 0.8).
   (first,) = [d for d in decisions(finished[0]) if d['unit'] == 0]
   assert first['layers']['stage1_block0/conv1']['kept'] == 2
   per_channel = (1 - first['macs_ratio']) / 14
+  straight = str(tmp_path / 'straight')
   summary = dispatch.train_and_evaluate(
       c2s2_config(dense_workdir, target_macs_ratio=0.8, target_tolerance=tolerance,
-                  channel_multiple=4), str(tmp_path))
-  log = decisions(str(tmp_path))
+                  channel_multiple=4), straight)
+  log = decisions(straight)
   assert [d['unit'] for d in log] == units
   assert log[0]['landed'] and log[0]['layers']['stage1_block0/conv1']['kept'] == 8
-  assert ratios(str(tmp_path))[0] == pytest.approx(1 - 8 * per_channel)
-  assert 0.8 < ratios(str(tmp_path))[0] <= 0.8 * 1.03
-  assert summary['macs'] / summary['macs_original'] == pytest.approx(
-      ratios(str(tmp_path))[-1])
+  assert ratios(straight)[0] == pytest.approx(1 - 8 * per_channel)
+  assert 0.8 < ratios(straight)[0] <= 0.8 * 1.03
+  assert summary['macs'] / summary['macs_original'] == pytest.approx(ratios(straight)[-1])
   for d in log[1:]:
     assert d['landed'] and all(l['kept'] == l['channels'] for l in d['layers'].values())
+  if tolerance:  # Killed in phase 2 of the landing unit, resumed: the same decisions.
+    resumed = str(tmp_path / 'resumed')
+    config = c2s2_config(dense_workdir, target_macs_ratio=0.8, target_tolerance=tolerance,
+                         channel_multiple=4)
+    assert dispatch.train_and_evaluate(config, resumed, stop_at_step=log[0]['step'] - 1) \
+        == {}
+    dispatch.train_and_evaluate(config, resumed)
+    assert decisions(resumed) == log
 
 
 def test_paced_budget_allows_a_share_of_epsilon_per_unit(dense_workdir, finished,
@@ -255,6 +263,7 @@ def test_paced_budget_allows_a_share_of_epsilon_per_unit(dense_workdir, finished
     ('epsilon', -0.01, 'epsilon must be >= 0'),
     ('budget', 'greedy', "channel_pruning.budget='greedy'"),
     ('target_tolerance', 1.0, 'target_tolerance must be in'),
+    ('target_macs_ratio', 0.98, 'within target_tolerance=0.03 of the unpruned model'),
     ('prune_residual_stream', True, 'prune_residual_stream'),
     ('include', 'nothing', 'include'),
 ])

@@ -105,6 +105,17 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
   assert record['config']['init_from'].endswith(os.path.join('cpu', 'dense'))
   assert record['revision'] and record['hardware']['devices'] >= 1
   assert record['latency_ms'] > 0 and record['wall_time_s'] > 0 and record['seed'] == 0
+  dense_record = json.loads(first_json)['rows'][0]
+  assert record['start'] == {'row': 'dense', 'seed': 0, 'summary_digest':
+                             table_results.summary_digest(dense_record['summary'])}
+  assert table_results.changed_start(record, [dense_record, record]) == ''
+  # Each run's code is what it imported: the selection code only where it selected,
+  # so a change to C2S2's selection leaves the dense and CCI rows current.
+  code = {r['row']: set(r['summary']['code']) for r in json.loads(first_json)['rows']}
+  selection_code = {'c2s2/selection.py', 'c2s2/surgery.py', 'train/channel_baselines.py'}
+  assert selection_code <= code['l1'] and 'c2s2/graph.py' in code['dense']
+  for row in ('dense', 'cci'):
+    assert not code[row] & (selection_code | {'train/c2s2_driver.py', 'c2s2/optim.py'})
   # Rerunning skips the finished rows: no new attempt is recorded for them.
   attempts = tmp_path / 'runs' / 'cpu' / 'dense' / workdir_lib.ATTEMPTS_FILE
   assert len(json.loads(attempts.read_text())) == 1
@@ -481,26 +492,33 @@ def test_stale_reason_names_only_the_changed_files_the_run_imported():
 
 
 def test_seed_comparisons_call_a_gap_real_only_beyond_the_combined_std():
-  lines = tables.seed_comparisons({'A': [0.90, 0.92], 'B': [0.88, 0.88],
-                                   'C': [0.905, 0.915], 'dense': [0.93]})
+  lines = tables.seed_comparisons([('A', [0.90, 0.92]), ('B', [0.88, 0.88]),
+                                   ('C', [0.905, 0.915]), ('dense', [0.93])])
   # A - B = 0.03 > hypot(0.01414, 0) = 0.01414; A - C = 0; B - C = -0.03 > 0.00707.
   assert lines == [
       'A minus B: +0.0300 top-1, combined std 0.0141: A is better',
       'A minus C: +0.0000 top-1, combined std 0.0158: within seed noise',
       'B minus C: -0.0300 top-1, combined std 0.0071: C is better']
-  assert tables.seed_comparisons({'A': [0.9, 0.91], 'dense': [0.93]}) == []
+  assert tables.seed_comparisons([('A', [0.9, 0.91]), ('dense', [0.93])]) == []
+  # Equal means with no spread: float noise is no gap.
+  assert tables.seed_comparisons([('A', [0.1, 0.1, 0.1]), ('B', [0.3 / 3] * 3)])[0] \
+      .endswith('within seed noise')
 
 
-@hypothesis.given(st.lists(st.floats(0, 1), min_size=2, max_size=4),
-                  st.lists(st.floats(0, 1), min_size=2, max_size=4))
-def test_seed_comparison_verdict_follows_the_gap_and_the_spread(a, b):
-  (line,) = tables.seed_comparisons({'A': a, 'B': b})
-  gap = statistics.mean(a) - statistics.mean(b)
-  combined = math.hypot(statistics.stdev(a), statistics.stdev(b))
-  if abs(gap) <= combined:
+@hypothesis.given(st.floats(0.2, 0.8), st.floats(0.2, 0.8), st.floats(0, 0.1),
+                  st.floats(0, 0.1))
+def test_seed_comparison_verdict_follows_the_gap_and_the_spread(mean_a, mean_b, half_a,
+                                                                half_b):
+  # Two seeds at mean +- half: the std is half * sqrt(2), so the combined std is
+  # sqrt(2 * (half_a^2 + half_b^2)).
+  combined = math.sqrt(2 * (half_a**2 + half_b**2))
+  hypothesis.assume(abs(abs(mean_a - mean_b) - combined) > 1e-6)
+  (line,) = tables.seed_comparisons([('A', [mean_a - half_a, mean_a + half_a]),
+                                     ('B', [mean_b - half_b, mean_b + half_b])])
+  if abs(mean_a - mean_b) < combined:
     assert line.endswith('within seed noise')
   else:
-    assert line.endswith('A is better' if gap > 0 else 'B is better')
+    assert line.endswith('A is better' if mean_a > mean_b else 'B is better')
 
 
 def test_tables_list_seed_comparisons_under_the_rows():
@@ -514,3 +532,15 @@ def test_tables_list_seed_comparisons_under_the_rows():
   text = table_results.markdown(table, 'cpu', recs, [], 2, 'head')
   assert ('- L1 minus C2S2: -0.0300 top-1, combined std 0.0141: C2S2 is better\n'
           in text)
+
+
+def test_a_row_kept_after_its_start_was_run_again_is_marked():
+  dense = {'row': 'dense', 'seed': 0, 'summary': {'top1': 0.9}}
+  started = {'row': 'l1', 'seed': 0, 'summary': {'top1': 0.8},
+             'start': {'row': 'dense', 'seed': 0,
+                       'summary_digest': table_results.summary_digest({'top1': 0.9})}}
+  assert table_results.changed_start(started, [dense, started]) == ''
+  rerun = {**dense, 'summary': {'top1': 0.91}}
+  assert table_results.changed_start(started, [rerun, started]) == (
+      'started from another run of dense (seed 0) than the one in this table')
+  assert table_results.changed_start(dense, [dense]) == ''  # Records no start.
