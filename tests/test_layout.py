@@ -42,7 +42,7 @@ def test_module_does_not_import(path, forbidden):
 def test_methods_import_only_jax_flax_optax_and_themselves(package):
   allowed = re.compile(rf'^({package}|jax|flax|optax|numpy|absl|collections|dataclasses|'
                        r'typing|functools|math|itertools|re|types|contextlib|string|'
-                       r'threading|warnings|enum|abc|__future__)(\.|$)')
+                       r'threading|warnings|enum|abc|importlib|inspect|__future__)(\.|$)')
   for name in sorted(os.listdir(os.path.join(ROOT, package))):
     if name.endswith('.py'):
       other = {m for m in imported_modules(f'{package}/{name}') if not allowed.match(m)}
