@@ -230,8 +230,7 @@ class Driver:
         self.unit_start.wait()
       state = steps.replicate(c2s2_setup.with_unit(state, graph, units[pos.unit]),
                               self.setup.mesh)
-      pos = dataclasses.replace(pos, phase='phase1', phase_start=int(state.step), retry=0,
-                                landed=False)
+      pos = dataclasses.replace(pos, phase='phase1', phase_start=int(state.step), retry=0)
       self._save(pos, state)
       return pos, state
     state = self._train_phase(pos, state, model, graph)

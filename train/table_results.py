@@ -88,6 +88,7 @@ def records(table: tables.Table, statuses: list[dict[str, Any]],
     attempts = workdir_lib.read_json(attempts_path) if os.path.exists(attempts_path) else []
     row = rows[status['row']]
     decisions_path = os.path.join(workdir, workdir_lib.DECISIONS_FILE)
+    start_path = os.path.join(workdir, workdir_lib.START_FILE)
     out.append({
         'row': row.name, 'label': row.label, 'method': row.method, 'seed': status['seed'],
         'start_from': row.start_from, 'workdir': workdir,
@@ -100,8 +101,7 @@ def records(table: tables.Table, statuses: list[dict[str, Any]],
         **({'cost_check': workdir_lib.read_jsonl(decisions_path)}
            if os.path.exists(decisions_path) else {}),
         **({'start': workdir_lib.read_json(start_path)}
-           if os.path.exists(start_path := os.path.join(workdir, workdir_lib.START_FILE))
-           else {}),
+           if os.path.exists(start_path) else {}),
     })
   return out
 
