@@ -46,6 +46,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Training-loss weight of each class (train/tasks.py), e.g. a background weight
   # below 1 when it covers most pixels; () = all 1.
   config.data.class_weights = ()
+  # Training-loss label smoothing in [0, 1): the target puts this much probability
+  # mass spread evenly over all classes (evaluation loss stays unsmoothed).
+  config.data.label_smoothing = 0.0
   config.data.canvases_train = 2000  # 'seg_digits': composed canvases per split...
   config.data.canvases_test = 500
   config.data.digits_per_canvas = 3  # ...with 1 to this many digits each...

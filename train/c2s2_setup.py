@@ -153,7 +153,8 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
       original_widths=widths,
       units=selection.units(names, cp.layers_per_step),
       lambdas={n: cp.lambda_l1 * w for n, w in weights.items()},
-      task=tasks.task_for(dataset, config.data.class_weights))
+      task=tasks.task_for(dataset, config.data.class_weights,
+                          config.data.label_smoothing))
 
 
 def selection_method(setup: Setup, graph, phase: str,

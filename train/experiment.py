@@ -93,7 +93,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
       config=config, dataset=dataset, model=model, widths=widths,
       variables=variables, mesh=steps.make_mesh(), schedule=schedule, method=method,
       steps_per_epoch=per_epoch, total_steps=total,
-      task=tasks.task_for(dataset, config.data.class_weights))
+      task=tasks.task_for(dataset, config.data.class_weights,
+                          config.data.label_smoothing))
 
 
 def abstract_state(exp: Experiment) -> TrainState:

@@ -89,14 +89,14 @@ def run_steps(state: Any, step_fn: StepFn, batches: Iterator[dict[str, np.ndarra
   for done in range(start + 1, last + 1):
     state, step_metrics = step_fn(state, steps.to_global(next(batches), mesh))
     pending.append(step_metrics)
-    if tick is None:  # The first step compiles: time from its end.
+    if tick is None:  # The first step compiles: time from its end (its metrics count).
       jax.block_until_ready(state)
-      tick, tick_step, pending = time.time(), done, []
+      tick, tick_step = time.time(), done
     log = done % report.log_every == 0 or done == end
     save = done % report.checkpoint_every == 0 or (save_at_end and done == end)
     evaluate = (report.evaluate is not None and report.eval_every > 0
                 and done % report.eval_every == 0 and done < end)
-    if pending and (log or save or evaluate):
+    if done > tick_step and (log or save or evaluate):
       values = host_metrics(pending)
       now = time.time()
       clock.train_time_s += now - tick

@@ -10,7 +10,9 @@ intersection over union of every class and their mean (mIoU).
 `data.class_weights` weights the training loss per class (as PyTorch's
 `CrossEntropyLoss(weight=...)`: a weighted mean over the counted examples or pixels),
 for example down-weighting a background that covers most pixels; the evaluation
-metrics, the evaluation loss included, stay unweighted.
+metrics, the evaluation loss included, stay unweighted. `data.label_smoothing` mixes
+the training target with the uniform distribution over the classes (optax's
+`smooth_labels`); evaluation again scores the plain labels.
 """
 
 import dataclasses
@@ -31,6 +33,7 @@ class Task:
   num_classes: int = 0  # Only segmentation needs it (the confusion matrix).
   ignore_label: int | None = None
   class_weights: tuple[float, ...] = ()  # Training-loss weight per class; () = all 1.
+  label_smoothing: float = 0.0  # Uniform mass in the training target.
 
   @property
   def segmentation(self) -> bool:
@@ -45,11 +48,17 @@ class Task:
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean cross-entropy over the examples (over the counted pixels of the batch),
-    each weighted by its label's `class_weights` entry if they are set."""
+    each weighted by its label's `class_weights` entry if they are set, against
+    targets smoothed by `label_smoothing` if it is set."""
     labels, weights = self._weights(labels)
     if self.class_weights:
       weights = weights * jnp.asarray(self.class_weights, jnp.float32)[labels]
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if self.label_smoothing:
+      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                    self.label_smoothing)
+      losses = optax.softmax_cross_entropy(logits, targets)
+    else:
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
   def accuracy(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -81,10 +90,15 @@ class Task:
 CLASSIFICATION = Task()
 
 
-def task_for(dataset: Any, class_weights: Sequence[float] = ()) -> Task:
+def task_for(dataset: Any, class_weights: Sequence[float] = (),
+             label_smoothing: float = 0.0) -> Task:
   """The task of a `train.data.ImageDataset`: classification, or segmentation if its
   labels are masks; `class_weights` (config `data.class_weights`) checked against its
-  classes (ValueError naming the key)."""
+  classes and `label_smoothing` (`data.label_smoothing`) against [0, 1) (ValueError
+  naming the key)."""
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f'data.label_smoothing={label_smoothing}: must be in [0, 1) (the '
+                     'probability mass spread over the classes)')
   weights = tuple(float(w) for w in class_weights)
   if weights and (len(weights) != dataset.num_classes or min(weights) < 0
                   or max(weights) <= 0):
@@ -92,8 +106,10 @@ def task_for(dataset: Any, class_weights: Sequence[float] = ()) -> Task:
                      f'({dataset.num_classes}: {", ".join(dataset.class_names)}), '
                      'not all 0')
   if dataset.ignore_label is None:
-    return Task(class_weights=weights) if weights else CLASSIFICATION
-  return Task(dataset.num_classes, dataset.ignore_label, weights)
+    if not weights and not label_smoothing:
+      return CLASSIFICATION
+    return Task(class_weights=weights, label_smoothing=float(label_smoothing))
+  return Task(dataset.num_classes, dataset.ignore_label, weights, float(label_smoothing))
 
 
 def confusion_matrix(predictions: jax.Array, labels: jax.Array, weights: jax.Array,

@@ -62,12 +62,12 @@ class RecordingCheckpointer:
 
 
 def run(tmp_path, *, start=0, end=10, stop_at=None, save_at_end=True, state=None,
-        evaluate=None, on_nonfinite='stop'):
+        evaluate=None, on_nonfinite='stop', log_every=4):
   writer = metrics.MetricWriter(str(tmp_path), start)
   ckpt = RecordingCheckpointer()
   report = runner.Reporting(
       checkpointer=ckpt, writer=writer, meta=lambda: {'note': 'meta'}, batch_size=2,
-      log_every=4, checkpoint_every=6, on_nonfinite=on_nonfinite, total=end,
+      log_every=log_every, checkpoint_every=6, on_nonfinite=on_nonfinite, total=end,
       evaluate=evaluate, eval_every=5 if evaluate else 0)
   try:
     state, reached = runner.run_steps(
@@ -83,11 +83,18 @@ def test_logs_at_log_and_checkpoint_steps_and_saves_at_checkpoints_and_end(tmp_p
   state, reached, saved, lines, clock = run(tmp_path)
   assert reached and int(state.step) == 10
   assert [s for s, _ in saved] == [6, 10] and saved[0][1] == {'note': 'meta'}
-  # Step 1 compiles and is not timed; each line is the mean loss of its steps.
-  assert [(l['step'], l['loss']) for l in lines] == [(4, 3.0), (6, 5.5), (8, 7.5),
+  # Step 1 compiles and is not timed, but its metrics count: each line is the mean
+  # loss of all its steps.
+  assert [(l['step'], l['loss']) for l in lines] == [(4, 2.5), (6, 5.5), (8, 7.5),
                                                      (10, 9.5)]
   assert all(l['split'] == 'train' and l['images_per_s'] > 0 for l in lines)
   assert clock.train_images == 9 * 2
+
+
+def test_the_untimed_compile_step_logs_with_the_next_step(tmp_path):
+  *_, lines, clock = run(tmp_path, log_every=1, end=4)
+  assert [(l['step'], l['loss']) for l in lines] == [(2, 1.5), (3, 3.0), (4, 4.0)]
+  assert clock.train_images == 3 * 2
 
 
 def test_a_stretch_whose_end_the_caller_saves_stops_short_when_interrupted(tmp_path):
@@ -102,7 +109,7 @@ def test_resumed_stretch_counts_from_its_start(tmp_path):
   state = counting_state().replace(step=jnp.asarray(6, jnp.int32))
   state, reached, saved, lines, _ = run(tmp_path, start=6, state=state)
   assert reached and [s for s, _ in saved] == [10]
-  assert [(l['step'], l['loss']) for l in lines] == [(8, 8.0), (10, 9.5)]
+  assert [(l['step'], l['loss']) for l in lines] == [(8, 7.5), (10, 9.5)]
 
 
 def test_evaluates_every_eval_steps_before_the_end(tmp_path):
