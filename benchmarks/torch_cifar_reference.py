@@ -1,19 +1,21 @@
 """An independent PyTorch ResNet-20 on our CIFAR-10 split: what the data allows.
 
   pip install -r requirements-bench.txt        # PyTorch's CPU build (optional)
-  python main.py --config=configs/resnet20_cpu.py --config.num_epochs=0 ...  # or any run
-  python benchmarks/torch_cifar_reference.py --arrays=~/.cache/cci_c2s2/cifar10-*.npz \
+  python benchmarks/torch_cifar_reference.py \
+      --arrays=$HOME/.cache/cci_c2s2/cifar10-jpeg.tar.gz-<key>.npz \
       --epochs=50 --batch=32 --lr=0.025 --weight_decay=5e-4 > torch_reference.jsonl
 
-Reads the decoded-array cache our data pipeline writes (train/data.py) and trains
+Reads the decoded-array cache that any of our runs on the shared archive writes
+(train/data.py; `<key>` names the archive's version) and trains
 benchmarks/torch_worker.py's ResNet-20 (option-A shortcuts, channels_last) with the
 recipe of configs/tables/_cifar10_cpu.py: the same 45,000 images (data.held_out=5000,
 the same fixed permutation), per-channel normalisation, zero-pad-4 crop and mirror,
 SGD with Nesterov momentum 0.9 and coupled weight decay, linear warm-up then cosine to 0
 per step, kaiming-normal (fan-out) convolutions. Prints one JSON line per evaluation
-(test top-1 and loss, training accuracy of the epoch, images/s). Its purpose: tell a cap
-of the data and schedule from a flaw of our JAX pipeline, at PyTorch's CPU speed. Imports
-torch and numpy only, so it runs in a venv without JAX.
+(test top-1 and loss, training accuracy of the steps since the last evaluation,
+training images/s). Its purpose: tell a cap of the data and schedule from a flaw of our
+JAX pipeline, at PyTorch's CPU speed. Imports torch and numpy only, so it runs in a venv
+without JAX (hence its own numpy crop and mirror beside train/data.py's `augment`).
 """
 
 import argparse
