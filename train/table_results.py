@@ -164,8 +164,8 @@ def _cell(values: list[float | str | None], fmt: str) -> str:
   values = [v for v in values if v is not None]
   if not values:
     return '-'
-  if isinstance(values[0], str):
-    return ', '.join(dict.fromkeys(values))
+  if isinstance(values[0], str):  # One value if the seeds agree, else each in seed order.
+    return values[0] if len(set(values)) == 1 else ', '.join(values)
   if len(values) == 1:
     return fmt.format(values[0])
   return (f'{fmt.format(statistics.mean(values))} ± '

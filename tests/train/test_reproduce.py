@@ -303,6 +303,19 @@ def test_cost_check_trace_lists_each_units_decisions_and_the_table_shows_seed_0s
           'restore\n') in text
 
 
+def test_a_text_cell_shows_one_value_when_the_seeds_agree_else_each_seeds_in_order():
+  checks = {'agree': ['8 / 3 / 0'] * 3, 'differ': ['8 / 3 / 0', '6 / 1 / 0', '8 / 3 / 0']}
+  rows = tuple(tables.Row(name, name, 'C2S2', 'c') for name in checks)
+  table = tables.Table('t', 't', '', rows,
+                       (tables.Column('check', lambda r: r['check'], '{}'),))
+  recs = [{'row': name, 'seed': seed, 'summary': {'top1': 0.9}, 'revision': 'r',
+           'hardware': {}, 'stale': '', 'check': value}
+          for name, values in checks.items() for seed, value in enumerate(values)]
+  text = table_results.markdown(table, 'cpu', recs, [], 3, 'head')
+  assert '| agree | 8 / 3 / 0 |' in text
+  assert '| differ | 8 / 3 / 0, 6 / 1 / 0, 8 / 3 / 0 |' in text
+
+
 def test_fine_tune_seeds_start_from_one_dense_run_and_results_come_as_rows_finish(
     tmp_path, monkeypatch):
   rows = (tables.Row('dense', 'dense', 'dense', 'configs/quickstart.py'),
