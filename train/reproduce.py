@@ -18,7 +18,8 @@ deleted); rows starting from a row run again are run again too. The tables mark 
 stale rows they hold, and the rows kept although the run they started from was run
 again (`START_FILE`). At the end the inference latency of every finished row's model is
 measured side by side in this process (a rerun in which no finished row changed keeps
-the recorded times unless `--remeasure_latency`), and `RESULTS/NAME.md`, `.csv`, `.json`
+the recorded times unless `--remeasure_latency`; `--report_only` times nothing
+unless asked, since it may run beside training), and `RESULTS/NAME.md`, `.csv`, `.json`
 (per row: git revision, full config, hardware, wall time, seed, summary, C2S2's
 cost-check decisions) and `.png` (top-1 against MACs, one marker per method) are written.
 """
@@ -50,7 +51,9 @@ _RESULTS = flags.DEFINE_string('results', table_results.RESULTS_DEFAULT,
 _OVERRIDE = flags.DEFINE_multi_string(
     'override', [], 'KEY=VALUE added to every row (e.g. data.data_dir=/data).')
 _ONLY = flags.DEFINE_list('only', [], 'Run only these rows (and report all finished).')
-_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Run nothing; write the results.')
+_REPORT_ONLY = flags.DEFINE_bool(
+    'report_only', False, 'Run nothing and time nothing (unless --remeasure_latency); '
+    'write the results.')
 _LATENCY_BATCH = flags.DEFINE_integer('latency_batch', 128, 'Batch of the latency column.')
 _REMEASURE = flags.DEFINE_bool(
     'remeasure_latency', False, 'Time every row again even if no finished row changed '
@@ -409,8 +412,9 @@ def main(argv: list[str]) -> None:
       reasons = [provenance.stale_reason(r['revision'], r['summary'].get('code')),
                  table_results.changed_start(r, recs)]
       r['stale'] = '; '.join(reason for reason in reasons if reason)
-    if final and (_REMEASURE.value or
-                  not table_results.latencies_current(recs, prior, _LATENCY_BATCH.value)):
+    current = table_results.latencies_current(recs, prior, _LATENCY_BATCH.value)
+    # --report_only times nothing unless asked: it may run beside training.
+    if final and (_REMEASURE.value or not (current or _REPORT_ONLY.value)):
       table_results.add_latencies(table, recs, _LATENCY_BATCH.value)
     else:  # Recorded rows keep their times; new ones get theirs at the end.
       for r in recs:
@@ -418,8 +422,9 @@ def main(argv: list[str]) -> None:
         if before.get('summary') == r['summary']:
           r.update({k: before[k] for k in table_results.LATENCY_KEYS if k in before})
       if final:
-        logging.info('Every finished row is the recorded run: keeping the recorded '
-                     'latencies (--remeasure_latency times them again).')
+        logging.info('%s: keeping the recorded latencies (--remeasure_latency times '
+                     'every row again).', 'Every finished row is the recorded run'
+                     if current else '--report_only: rows not yet timed show none')
     return table_results.write_results(table, _PRESET.value, recs, statuses,
                                        _SEEDS.value, _RESULTS.value)
 

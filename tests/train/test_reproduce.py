@@ -126,6 +126,19 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
   again = json.loads((results / 'tiny.json').read_text())['rows']
   assert [r['latency_ms'] for r in again] == [
       r['latency_ms'] for r in json.loads(first_json)['rows']]
+  # --report_only times nothing (it may run beside training): a row recorded without a
+  # latency stays without one, unless --remeasure_latency asks.
+  untimed = json.loads((results / 'tiny.json').read_text())
+  del untimed['rows'][1]['latency_ms']
+  (results / 'tiny.json').write_text(json.dumps(untimed))
+  report = subprocess.run(args + ['--report_only'], cwd=ROOT, capture_output=True,
+                          text=True)
+  rows = json.loads((results / 'tiny.json').read_text())['rows']
+  assert 'latency_ms' not in rows[1], report.stderr[-2000:]
+  assert rows[0]['latency_ms'] == again[0]['latency_ms']
+  subprocess.run(args + ['--report_only', '--remeasure_latency'], cwd=ROOT,
+                 capture_output=True, text=True)
+  assert json.loads((results / 'tiny.json').read_text())['rows'][1]['latency_ms'] > 0
   # Without the workdirs, the recorded rows stand and nothing is rerun for them.
   shutil.rmtree(tmp_path / 'runs')
   third = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
