@@ -412,7 +412,8 @@ def main(argv: list[str]) -> None:
       reasons = [provenance.stale_reason(r['revision'], r['summary'].get('code')),
                  table_results.changed_start(r, recs)]
       r['stale'] = '; '.join(reason for reason in reasons if reason)
-    current = table_results.latencies_current(recs, prior, _LATENCY_BATCH.value)
+    current = final and table_results.latencies_current(recs, prior,
+                                                        _LATENCY_BATCH.value)
     # --report_only times nothing unless asked: it may run beside training.
     if final and (_REMEASURE.value or not (current or _REPORT_ONLY.value)):
       table_results.add_latencies(table, recs, _LATENCY_BATCH.value)
