@@ -53,6 +53,29 @@ def test_every_row_of_the_shipped_tables_has_a_valid_config(name, preset):
     reproduce.row_config(row).lock()
 
 
+SHIPPED_TABLES = [('cifar10_cci', 'cpu'), ('cifar10_cci', 'paper'), ('cifar10_cci', 'cpu_short'),
+                  ('imagenet_cci', 'paper'), ('segmentation_digits', 'cpu'),
+                  ('segmentation_digits', 'paper')]
+
+
+@pytest.mark.parametrize('name, preset', SHIPPED_TABLES)
+def test_cci_on_a_compact_model_groups_every_width_its_start_keeps(name, preset):
+  """A CCI row trained on a start row's widths gets widths its group divides: the
+  start's `channel_multiple` is a multiple of `sparsity.group_size`, else the kernels
+  reading the odd widths stay dense (cifar10_cci's first C2S2 + CCI run: 0.424)."""
+  table = reproduce.load_table(name, preset)
+  rows = {row.name: row for row in table.rows}
+  for row in table.rows:
+    config = reproduce.row_config(row)
+    if not row.widths_from_start or 'sparsity' not in config:
+      continue
+    start = reproduce.row_config(rows[row.start_from])
+    multiple = start.channel_pruning.channel_multiple
+    assert multiple % config.sparsity.group_size == 0, (
+        f'{name}/{row.name}: start {row.start_from} keeps multiples of {multiple}, '
+        f'group_size is {config.sparsity.group_size}')
+
+
 def test_bad_tables_are_refused_by_name():
   with pytest.raises(ValueError, match='no such table'):
     reproduce.load_table('cifar11', 'cpu')
