@@ -317,12 +317,17 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     if (row.name, seed) in failed:
       return 'failed', failed[(row.name, seed)], ''
     record = prior.get((row.name, seed))
-    own = workdir_config_matches(row, workdir, seed, overrides)  # False without config.
+    start_path = os.path.join(workdir, workdir_lib.START_FILE)
+    own = workdir_config_matches(row, workdir, seed, overrides) and not (  # False
+        table_results.other_start_row(  # without config, or from another start row.
+            workdir_lib.read_json(start_path) if os.path.exists(start_path) else None,
+            row.start_from))
     done = finished(workdir) and own
     if done and not outdated(row, seed, workdir_lib.read_json(
         os.path.join(workdir, workdir_lib.SUMMARY_FILE))):
       return 'finished', keep(row, seed, workdir), workdir
-    recorded = bool(record) and same_config(row, record, overrides)
+    recorded = (bool(record) and same_config(row, record, overrides) and
+                not table_results.other_start_row(record.get('start'), row.start_from))
     published = published_dir(results, preset, row.name, seed) if results else ''
     if recorded and not outdated(row, seed, {'revision': record['revision'],
                                              **record.get('summary', {})}):
@@ -345,10 +350,9 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
         os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)) and not own):
       move_aside(workdir)  # An unfinished run of this row's config resumes instead.
     args = command(row, workdir, seed, dependency, overrides, widths)
-    start_file = os.path.join(workdir, workdir_lib.START_FILE)
-    if dependency and not os.path.exists(start_file):  # Which run it starts from (a
+    if dependency and not os.path.exists(start_path):  # Which run it starts from (a
       os.makedirs(workdir, exist_ok=True)  # resumed run has started from it already).
-      workdir_lib.write_json(start_file, {
+      workdir_lib.write_json(start_path, {
           'row': row.start_from, 'seed': start_seed(row, seed),
           'summary_digest': table_results.summary_digest(workdir_lib.read_json(
               os.path.join(dependency, workdir_lib.SUMMARY_FILE)))})
@@ -364,7 +368,8 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
 
   def pending(row: tables.Row, seed: int) -> dict[str, Any]:
     record = prior.get((row.name, seed))
-    recorded = bool(record) and same_config(row, record, overrides)
+    recorded = (bool(record) and same_config(row, record, overrides) and
+                not table_results.other_start_row(record.get('start'), row.start_from))
     return {'row': row.name, 'seed': seed, 'status': 'recorded' if recorded else 'not run',
             'detail': '' if recorded else 'pending',
             'workdir': row_workdir(root, preset, row.name, seed)}
@@ -408,9 +413,12 @@ def main(argv: list[str]) -> None:
   def report(statuses: list[dict[str, Any]], final: bool) -> str:
     """Writes the results of the finished pairs; times them side by side if `final`."""
     recs = table_results.records(table, statuses, prior)
+    rows = {row.name: row for row in table.rows}
     for r in recs:
       reasons = [provenance.stale_reason(r['revision'], r['summary'].get('code')),
-                 table_results.changed_start(r, recs)]
+                 table_results.changed_start(r, recs),
+                 '' if same_config(rows[r['row']], r, _OVERRIDE.value) else
+                 "its config is not the row's in the table now"]
       r['stale'] = '; '.join(reason for reason in reasons if reason)
     current = final and table_results.latencies_current(recs, prior,
                                                         _LATENCY_BATCH.value)

@@ -77,6 +77,7 @@ def records(table: tables.Table, statuses: list[dict[str, Any]],
   for status in statuses:
     if status['status'] == 'recorded':
       record = dict(prior[(status['row'], status['seed'])])
+      record['start_from'] = rows[status['row']].start_from  # The table's start now.
       record['wall_time_s'] = max(record['wall_time_s'], record['summary']['wall_time_s'])
       out.append(record)
       continue
@@ -111,13 +112,25 @@ def summary_digest(summary: dict[str, Any]) -> str:
   return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def other_start_row(start: dict[str, Any] | None, start_from: str) -> str:
+  """Why a run that started from `start` (its start.json; None: no record) is not one
+  from row `start_from`, the table's start for its row now ('' if it is, or unknown)."""
+  if not start or start['row'] == start_from:
+    return ''
+  return (f'started from row {start["row"]}; the table starts it from '
+          f'{"row " + start_from if start_from else "scratch"} now')
+
+
 def changed_start(record: dict[str, Any], recs: list[dict[str, Any]]) -> str:
   """Why `record` no longer follows from the table's run of its start row ('' if it
-  does, or if it records no start): that row has been run again since (e.g. after a
-  config change) and this row was kept."""
+  does, or if it records no start): the table starts the row from another row now, or
+  that row has been run again since (e.g. after a config change) and this row was
+  kept."""
   start = record.get('start')
   if not start:
     return ''
+  if other := other_start_row(start, record['start_from']):
+    return other
   for r in recs:
     if (r['row'], r['seed']) == (start['row'], start['seed']):
       if summary_digest(r['summary']) != start['summary_digest']:
@@ -212,8 +225,9 @@ def markdown(table: tables.Table, preset: str, recs: list[dict[str, Any]],
     lines += [f'- {line}' for line in comparisons]
   stale = [r for r in recs if r.get('stale')]
   if stale:
-    lines += ['', f'(stale): the run\'s code differs from revision {head[:12]}, which '
-              'wrote this table; `--rerun=stale` runs it again:', '']
+    lines += ['', f'(stale): the run no longer matches revision {head[:12]}, which wrote '
+              'this table (changed code: `--rerun=stale` runs it again; a changed config '
+              'or start row: the table\'s command does):', '']
     lines += [f'- {r["row"]} (seed {r["seed"]}): {r["stale"]}' for r in stale]
   unkept = [s for s in statuses if s['status'] == 'finished' and s['detail']]
   if unkept:

@@ -182,6 +182,56 @@ def test_tiny_table_end_to_end_resumes_and_reports_failures(tmp_path):
   assert l1 and l1[0]['config']['init_from'] == str(published / 'dense')
 
 
+def start_table(start_from: str, b_learning_rate: float = 0.05) -> str:
+  """Two dense rows and a fine-tune of the one `start_from` names."""
+  return f'''
+from train.tables import TOP1, Row, Table
+TINY = {TINY!r}
+
+def get_table(preset):
+  return Table('starts', 'starts', '', (
+      Row('a', 'a', 'dense', 'configs/quickstart.py', TINY),
+      Row('b', 'b', 'dense', 'configs/quickstart.py',
+          {{**TINY, 'optimizer.learning_rate': {b_learning_rate}}}),
+      Row('ft', 'ft', 'dense', 'configs/quickstart.py', TINY, start_from={start_from!r}),
+  ), (TOP1,))
+'''
+
+
+def test_a_row_whose_start_row_changed_is_marked_and_runs_again(tmp_path):
+  table, results, runs = tmp_path / 'starts.py', tmp_path / 'results', tmp_path / 'runs'
+  args = [sys.executable, '-m', 'train.reproduce', f'--table={table}', f'--root={runs}',
+          f'--results={results}', '--latency_batch=4']
+
+  def run(*extra: str) -> dict[str, dict]:
+    done = subprocess.run(args + list(extra), cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {r['row']: r for r in json.loads((results / 'starts.json').read_text())['rows']}
+
+  table.write_text(start_table('a'))
+  assert run()['ft']['start']['row'] == 'a'
+  table.write_text(start_table('b'))  # The table now starts ft from b.
+  ft = run('--report_only')['ft']
+  assert ft['start_from'] == 'b' and ft['start']['row'] == 'a'
+  assert ft['stale'] == 'started from row a; the table starts it from row b now'
+  assert re.search(r'\| ft \(stale\) \|', (results / 'starts.md').read_text())
+  ft = run('--only=ft')['ft']  # The finished workdir is not ft's run: ft runs again.
+  assert ft['start']['row'] == 'b' and not ft.get('stale')
+  assert ft['config']['init_from'].endswith(os.path.join('cpu', 'b'))
+  assert [p.name for p in (runs / 'cpu').glob('ft.replaced-*')]  # Moved, not lost.
+  # On a machine with the results only, the record from b is not ft's run from a.
+  table.write_text(start_table('a'))
+  shutil.rmtree(runs)
+  assert run('--report_only')['ft']['stale'] == (
+      'started from row b; the table starts it from row a now')
+  ft = run('--only=ft')['ft']
+  assert ft['start']['row'] == 'a' and not ft.get('stale')
+  assert ft['config']['init_from'] == str(results / reproduce.PUBLISHED_DIR / 'cpu' / 'a')
+  # A recorded row whose config the table has changed since is marked too.
+  table.write_text(start_table('a', b_learning_rate=0.02))
+  assert run('--report_only')['b']['stale'] == "its config is not the row's in the table now"
+
+
 def test_an_interrupted_attempt_still_counts_toward_the_wall_time(tmp_path, monkeypatch):
   workdir = tmp_path / 'row'
   workdir.mkdir()
@@ -585,7 +635,7 @@ def test_tables_list_seed_comparisons_under_the_rows():
 
 def test_a_row_kept_after_its_start_was_run_again_is_marked():
   dense = {'row': 'dense', 'seed': 0, 'summary': {'top1': 0.9}}
-  started = {'row': 'l1', 'seed': 0, 'summary': {'top1': 0.8},
+  started = {'row': 'l1', 'seed': 0, 'summary': {'top1': 0.8}, 'start_from': 'dense',
              'start': {'row': 'dense', 'seed': 0,
                        'summary_digest': table_results.summary_digest({'top1': 0.9})}}
   assert table_results.changed_start(started, [dense, started]) == ''
@@ -593,3 +643,8 @@ def test_a_row_kept_after_its_start_was_run_again_is_marked():
   assert table_results.changed_start(started, [rerun, started]) == (
       'started from another run of dense (seed 0) than the one in this table')
   assert table_results.changed_start(dense, [dense]) == ''  # Records no start.
+  moved = {**started, 'start_from': 'slimming_train'}  # The table changed its start.
+  assert table_results.changed_start(moved, [dense, moved]) == (
+      'started from row dense; the table starts it from row slimming_train now')
+  assert table_results.changed_start({**started, 'start_from': ''}, [dense]) == (
+      'started from row dense; the table starts it from scratch now')
