@@ -4,7 +4,9 @@ r"""Runs every row of a comparison table and writes its results.
 
 Each row is `main.py` with the row's config and overrides, in its own process and
 workdir `ROOT/PRESET/ROW` (seed s > 0: `ROOT/PRESET/seedS/ROW`), with its log beside
-it (`ROW.log`). A row whose workdir holds a `summary.json` is finished and skipped, so
+it (`ROW.log`). Each row runs its table's `seeds`, at least `--seeds` unless other rows
+start from it: their further seeds fine-tune from its seed 0, never from a retrained
+pre-training (raise that row's `seeds` in the table for that). A row whose workdir holds a `summary.json` is finished and skipped, so
 rerunning the command continues an interrupted reproduction; a row whose run fails is
 reported and the others go on (rows starting from it are blocked). Rows of any table
 with the same name share one run, e.g. the dense pre-training. A row already recorded
@@ -44,7 +46,9 @@ from train import workdir as workdir_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TABLE = flags.DEFINE_string('table', None, 'A table in configs/tables, or a table file.')
 _PRESET = flags.DEFINE_enum('preset', 'cpu', tables.PRESETS, 'Which schedule.')
-_SEEDS = flags.DEFINE_integer('seeds', 1, 'Seeds 0..N-1 of every row.')
+_SEEDS = flags.DEFINE_integer(
+    'seeds', 1, 'Seeds 0..N-1 of every row no other row starts from (a start row, '
+    'e.g. the dense pre-training, runs the seeds its table row declares).')
 _ROOT = flags.DEFINE_string('root', 'runs/reproduce', 'Where the rows run.')
 _RESULTS = flags.DEFINE_string('results', table_results.RESULTS_DEFAULT,
                                 'Where the result files go.')
@@ -202,8 +206,12 @@ def workdir_config_matches(row: tables.Row, workdir: str, seed: int,
   return matches
 
 
-def row_seeds(row: tables.Row, seeds: int) -> int:
-  """How many seeds `row` runs: its own count, at least `--seeds`."""
+def row_seeds(table: tables.Table, row: tables.Row, seeds: int) -> int:
+  """How many seeds `row` runs: its own count, at least `seeds` unless another row
+  of `table` starts from it (further seeds of those rows start from its seed 0, so
+  `--seeds` never retrains a pre-training; a table row's `seeds` does)."""
+  if any(r.start_from == row.name for r in table.rows):
+    return row.seeds
   return max(row.seeds, seeds)
 
 
@@ -279,10 +287,10 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
   failed, ran, done_status, statuses = {}, set(), {}, []
 
   def start_seed(row: tables.Row, seed: int) -> int:
-    return seed if seed < row_seeds(rows[row.start_from], seeds) else 0
+    return seed if seed < row_seeds(table, rows[row.start_from], seeds) else 0
 
   starts = {(r.start_from, start_seed(r, s)) for r in table.rows if r.start_from
-            for s in range(row_seeds(r, seeds))}
+            for s in range(row_seeds(table, r, seeds))}
 
   def outdated(row: tables.Row, seed: int, summary: dict[str, Any]) -> bool:
     return (row.name, seed) not in ran and (needs_rerun(rerun, summary) or (
@@ -375,7 +383,7 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
             'workdir': row_workdir(root, preset, row.name, seed)}
 
   pairs = sorted(((s, i) for i, r in enumerate(table.rows)
-                  for s in range(row_seeds(r, seeds))))
+                  for s in range(row_seeds(table, r, seeds))))
   for seed, index in pairs:
     row = table.rows[index]
     status, detail, _ = ensure(row, seed, need_start=False)
@@ -440,7 +448,8 @@ def main(argv: list[str]) -> None:
   if _REPORT_ONLY.value:
     statuses = [{'row': r.name, 'seed': s, 'detail': '',
                  'workdir': row_workdir(root, _PRESET.value, r.name, s)}
-                for r in table.rows for s in range(row_seeds(r, _SEEDS.value))]
+                for r in table.rows
+                for s in range(row_seeds(table, r, _SEEDS.value))]
     for s in statuses:
       recorded = (s['row'], s['seed']) in prior
       s['status'] = ('finished' if finished(s['workdir'])

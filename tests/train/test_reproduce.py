@@ -402,6 +402,35 @@ def test_a_text_cell_shows_one_value_when_the_seeds_agree_else_each_seeds_in_ord
   assert '| differ | 8 / 3 / 0, 6 / 1 / 0, 8 / 3 / 0 |' in text
 
 
+
+def test_seeds_flag_adds_fine_tune_seeds_but_never_retrains_a_start_row(tmp_path,
+                                                                        monkeypatch):
+  rows = (tables.Row('dense', 'dense', 'dense', 'configs/quickstart.py'),
+          tables.Row('pre', 'pre', 'x', 'configs/quickstart.py', seeds=2),
+          tables.Row('ft', 'ft', 'L1', 'configs/quickstart.py', start_from='dense'),
+          tables.Row('ft_pre', 'fp', 'x', 'configs/quickstart.py', start_from='pre'))
+  table = tables.Table('t', 't', '', rows, ())
+  root, ran = str(tmp_path / 'runs'), []
+
+  def run_row(args, workdir, log_path):
+    row = next(r for r in rows if r.name == os.path.basename(workdir))
+    seed = int(next(a for a in args if a.startswith('--config.seed=')).split('=')[1])
+    init = [a.split('=', 1)[1] for a in args if a.startswith('--config.init_from=')]
+    ran.append((row.name, seed, os.path.relpath(init[0], root) if init else ''))
+    _finish(row, workdir, seed=seed)
+    return True, ''
+
+  monkeypatch.setattr(reproduce, 'run_row', run_row)
+  assert [reproduce.row_seeds(table, r, 3) for r in rows] == [1, 2, 3, 3]
+  reproduce.run_table(table, 'cpu', 3, root, ())
+  # dense (a start row of one seed) runs once: ft's seeds 1-2 fine-tune its seed 0;
+  # pre declares 2 seeds, so ft_pre seed 1 starts from pre seed 1, seed 2 from seed 0.
+  assert sorted(ran) == sorted(
+      [('dense', 0, ''), ('pre', 0, ''), ('pre', 1, '')] +
+      [('ft', s, 'cpu/dense') for s in range(3)] +
+      [('ft_pre', 0, 'cpu/pre'), ('ft_pre', 1, os.path.join('cpu', 'seed1', 'pre')),
+       ('ft_pre', 2, 'cpu/pre')])
+
 def test_fine_tune_seeds_start_from_one_dense_run_and_results_come_as_rows_finish(
     tmp_path, monkeypatch):
   rows = (tables.Row('dense', 'dense', 'dense', 'configs/quickstart.py'),
