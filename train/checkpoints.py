@@ -320,25 +320,55 @@ def _read_variables(workdir: str, key: str, like: Any = None) -> tuple[int, dict
   """(step, params and batch stats) of the latest checkpoint in `workdir`, checksums
   verified, shaped as `like` or as saved; a damaged one is a UserError naming `key`."""
   manager, directory, step = _open_read_only(workdir, key)
-  path = os.path.join(directory, str(step))
   try:
-    meta, failure = integrity.attempt(lambda: manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
-    if not failure:
-      variables, failure = integrity.attempt(lambda: _restore_as_saved(
-          manager, step, _variables(
-              like if like is not None else manager.item_metadata(step).state.tree)))
-  finally:
-    manager.close()
-  try:
-    if failure:
-      raise integrity.DamagedCheckpointError(path, failure.cause)
-    integrity.verify(path, variables, meta.get(CHECKSUMS_KEY) or {})
+    variables = _read_verified(manager, os.path.join(directory, str(step)), step,
+                               lambda: _variables(like if like is not None else
+                                                  manager.item_metadata(step).state.tree))
   except integrity.DamagedCheckpointError as e:
     raise errors.UserError(
         f'{key}={workdir}: {e}. Rerun the training of {workdir}: it moves the damaged '
         'checkpoint aside and resumes from its newest intact one.') from None
+  finally:
+    manager.close()
   return step, dict(variables)
+
+
+def verified_step(directory: str) -> int:
+  """The newest checkpoint of `directory` (a checkpoint folder), after checking every
+  array of it against its checksums.
+
+  Raises:
+    errors.UserError: it cannot be read, or an array differs (names the checkpoint).
+  """
+  manager = _read_only_manager(directory)
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise errors.MissingInputError(f'No complete checkpoint in {directory}.')
+    _read_verified(manager, os.path.join(directory, str(step)), step)
+  except integrity.DamagedCheckpointError as e:
+    raise errors.UserError(str(e)) from None
+  finally:
+    manager.close()
+  return step
+
+
+def _read_verified(manager: ocp.CheckpointManager, path: str, step: int,
+                   part: Callable[[], Any] = lambda: None) -> Any:
+  """The arrays of `step` as saved (or the part of them `part()` gives), checked
+  against its checksums.
+
+  Raises:
+    integrity.DamagedCheckpointError: unreadable, or an array differs.
+  """
+  meta, failure = integrity.attempt(lambda: manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+  if not failure:
+    arrays, failure = integrity.attempt(lambda: _restore_as_saved(manager, step, part()))
+  if failure:
+    raise integrity.DamagedCheckpointError(path, failure.cause)
+  integrity.verify(path, arrays, meta.get(CHECKSUMS_KEY) or {})
+  return arrays
 
 
 def saved_widths(directory: str, widths: dict[str, int]) -> dict[str, int] | None:

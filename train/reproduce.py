@@ -24,6 +24,9 @@ the recorded times unless `--remeasure_latency`; `--report_only` times nothing
 unless asked, since it may run beside training), and `RESULTS/NAME.md`, `.csv`, `.json`
 (per row: git revision, full config, hardware, wall time, seed, summary, C2S2's
 cost-check decisions) and `.png` (top-1 against MACs, one marker per method) are written.
+`--park` runs nothing: it copies each unfinished row with its newest checkpoint to
+`RESULTS/parked`, and the row's next run on any machine resumes from there
+(train/parking.py): a row longer than a session then finishes across machines.
 """
 
 import importlib
@@ -40,7 +43,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from train import errors, provenance, saved_config, table_results, tables
+from train import errors, parking, provenance, saved_config, table_results, tables
 from train import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +69,10 @@ _RERUN = flags.DEFINE_enum(
     'rerun', 'none', RERUN_CHOICES := ('none', 'stale', 'all'),
     'none: keep finished and recorded rows; stale: run again the rows whose revision '
     'differs from HEAD in the code that produces results; all: run every row again.')
+_PARK = flags.DEFINE_bool(
+    'park', False, 'Run nothing: copy every unfinished row (of --only, if given) with '
+    'its newest checkpoint to RESULTS/parked, where its next run on any machine resumes '
+    'it (train/parking.py).')
 PUBLISHED_DIR = 'checkpoints'  # Under --results: final variables of rows (publish).
 PUBLISHED_FILES = (workdir_lib.CONFIG_FILE, workdir_lib.SUMMARY_FILE, workdir_lib.WIDTHS_FILE)
 
@@ -191,18 +198,20 @@ def same_config(row: tables.Row, record: dict[str, Any], overrides: Sequence[str
               if k not in ignored]
 
 
-def workdir_config_matches(row: tables.Row, workdir: str, seed: int,
-                           overrides: Sequence[str]) -> bool:
-  """Whether the finished run in `workdir` is this row's (a workdir left by another
-  config of the row, e.g. an earlier preset, is not)."""
+def runs_row(row: tables.Row, workdir: str, seed: int, overrides: Sequence[str]) -> bool:
+  """Whether the run in `workdir` is this row's: its config (a workdir left by another
+  config of the row, e.g. an earlier preset's, is not) and the row it started from."""
   path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   if not os.path.exists(path):
     return False
+  start_path = os.path.join(workdir, workdir_lib.START_FILE)
   matches = same_config(row, {'config': workdir_lib.read_json(path), 'seed': seed},
-                        overrides)
+                        overrides) and not table_results.other_start_row(
+      workdir_lib.read_json(start_path) if os.path.exists(start_path) else None,
+      row.start_from)
   if not matches:
-    logging.warning('%s holds a run of another config than row %s: it runs again.',
-                    workdir, row.name)
+    logging.warning('%s holds a run of another config or start than row %s: it runs '
+                    'again.', workdir, row.name)
   return matches
 
 
@@ -326,10 +335,7 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
       return 'failed', failed[(row.name, seed)], ''
     record = prior.get((row.name, seed))
     start_path = os.path.join(workdir, workdir_lib.START_FILE)
-    own = workdir_config_matches(row, workdir, seed, overrides) and not (  # False
-        table_results.other_start_row(  # without config, or from another start row.
-            workdir_lib.read_json(start_path) if os.path.exists(start_path) else None,
-            row.start_from))
+    own = runs_row(row, workdir, seed, overrides)
     done = finished(workdir) and own
     if done and not outdated(row, seed, workdir_lib.read_json(
         os.path.join(workdir, workdir_lib.SUMMARY_FILE))):
@@ -357,6 +363,7 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     if finished(workdir) or (
         os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)) and not own):
       move_aside(workdir)  # An unfinished run of this row's config resumes instead.
+    unpark(row, seed, workdir, dependency)
     args = command(row, workdir, seed, dependency, overrides, widths)
     if dependency and not os.path.exists(start_path):  # Which run it starts from (a
       os.makedirs(workdir, exist_ok=True)  # resumed run has started from it already).
@@ -374,6 +381,17 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
       return 'failed', detail, ''
     return 'finished', keep(row, seed, workdir), workdir
 
+  def unpark(row: tables.Row, seed: int, workdir: str, dependency: str) -> None:
+    """Puts the row's parked copy in place of a workdir holding no checkpoint."""
+    parked = parking.parked_dir(results, preset, row.name, seed) if results else ''
+    if (not parked or not os.path.isdir(parked) or workdir_lib.has_checkpoints(workdir)
+        or not runs_row(row, parked, seed, overrides)):
+      return
+    if os.path.exists(workdir):
+      move_aside(workdir)
+    parking.restore(parked, workdir, dependency)
+    logging.info('%s seed %d: resumes from its parked copy %s.', row.name, seed, parked)
+
   def pending(row: tables.Row, seed: int) -> dict[str, Any]:
     record = prior.get((row.name, seed))
     recorded = (bool(record) and same_config(row, record, overrides) and
@@ -388,12 +406,37 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     row = table.rows[index]
     status, detail, _ = ensure(row, seed, need_start=False)
     done_status[(row.name, seed)] = (status, detail, '')
+    if results and status in ('finished', 'recorded') and parking.discard(
+        parking.parked_dir(results, preset, row.name, seed)):
+      logging.info('%s seed %d: done, so its parked copy is deleted.', row.name, seed)
     statuses.append({'row': row.name, 'seed': seed, 'status': status, 'detail': detail,
                      'workdir': row_workdir(root, preset, row.name, seed)})
     if on_finished and (row.name, seed) in ran:
       on_finished(statuses + [pending(table.rows[i], later) for later, i in
                               pairs[len(statuses):]])
   return statuses
+
+
+def park_unfinished(table: tables.Table, preset: str, seeds: int, root: str,
+                    results: str, only: Sequence[str] = ()) -> list[str]:
+  """Parks every unfinished (row, seed) pair holding a checkpoint (`parking.park`);
+  returns one line per pair that could not be parked."""
+  failures = []
+  for row in (r for r in table.rows if not only or r.name in only):
+    for seed in range(row_seeds(table, row, seeds)):
+      workdir = row_workdir(root, preset, row.name, seed)
+      if finished(workdir) or not parking.checkpoint_folders(workdir):
+        continue
+      destination = parking.parked_dir(results, preset, row.name, seed)
+      try:
+        steps = parking.park(workdir, destination)
+      except errors.UserError as e:
+        logging.error('%s seed %d was not parked: %s', row.name, seed, e)
+        failures.append(f'{row.name} seed {seed}: {e}')
+        continue
+      logging.info('%s seed %d: parked in %s (checkpoint steps %s).', row.name, seed,
+                   destination, steps)
+  return failures
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -416,6 +459,12 @@ def main(argv: list[str]) -> None:
   for row in table.rows:  # Every row's config and overrides, before any run.
     row_config(row, _OVERRIDE.value)
   root = os.path.abspath(_ROOT.value)
+  if _PARK.value:
+    failures = park_unfinished(table, _PRESET.value, _SEEDS.value, root, _RESULTS.value,
+                               _ONLY.value)
+    if failures:
+      sys.exit(f'{len(failures)} row(s) not parked: {failures}')
+    return
   prior = table_results.previous_records(_RESULTS.value, table.name, _PRESET.value)
 
   def report(statuses: list[dict[str, Any]], final: bool) -> str:
