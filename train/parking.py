@@ -3,8 +3,8 @@
 A row longer than a session (a dense-schedule run on CPU) cannot finish where machines
 do not keep the harness's `ROOT`. `python -m train.reproduce ... --park` copies each
 unfinished row's workdir to `RESULTS/parked/PRESET/ROW` (seed s > 0: `ROW.seedS`): its
-records and, in every checkpoint folder, only the newest complete checkpoint (the
-copy's variables are checked against their checksums). Commit that folder. The next
+records and, in every checkpoint folder, only the newest complete checkpoint (every
+array of the copy is checked against its checksum). Commit that folder. The next
 run of the row, on any machine whose workdir of the row holds no checkpoint, starts
 from the parked copy: the run resumes at the parked step with the data order and the
 schedule of that step, so it ends as an uninterrupted run would. The harness deletes
