@@ -7,18 +7,24 @@ records and, in every checkpoint folder, only the newest complete checkpoint (ev
 array of the copy is checked against its checksum). Commit that folder. The next
 run of the row, on any machine whose workdir of the row holds no checkpoint, starts
 from the parked copy: the run resumes at the parked step with the data order and the
-schedule of that step, so it ends as an uninterrupted run would. The harness deletes
-the parked copy once the row is finished or recorded.
+schedule of that step, so it ends as an uninterrupted run would; a parked copy further
+along than the workdir's own checkpoints replaces them (moved aside), and parking never
+replaces a copy further along. The harness deletes the parked copy once the row
+finishes.
 """
 
 import os
 import shutil
+from typing import Any
 
 from train import errors
 from train import workdir as workdir_lib
 
 PARKED_DIR = 'parked'  # Under the harness's --results.
 _SKIPPED = (workdir_lib.DAMAGED_DIR, workdir_lib.EXPORT_DIR)
+# Folders of Orbax checkpoints: the training's, and C2S2 selection's (its own and its
+# unit's start state).
+_CHECKPOINT_FOLDERS = (workdir_lib.CHECKPOINT_DIR, workdir_lib.UNIT_START_DIR)
 
 
 def parked_dir(results: str, preset: str, row: str, seed: int) -> str:
@@ -38,7 +44,7 @@ def _ignored(folder: str, names: list[str]) -> set[str]:
   """What a parked copy leaves out: damaged files, exports, incomplete checkpoints and
   every complete one but the newest."""
   left_out = {name for name in names if name in _SKIPPED}
-  if os.path.basename(folder) == workdir_lib.CHECKPOINT_DIR:
+  if os.path.basename(folder) in _CHECKPOINT_FOLDERS:
     newest = max(complete_steps(folder), default=None)
     left_out |= {name for name in names if name[:1].isdigit() and name != str(newest)}
   return left_out
@@ -48,8 +54,17 @@ def checkpoint_folders(workdir: str) -> list[str]:
   """The checkpoint folders of a run holding a complete checkpoint (the training's and,
   for a channel-pruned row, the selection's), relative to `workdir`."""
   return sorted(os.path.relpath(folder, workdir) for folder, _, _ in os.walk(workdir)
-                if os.path.basename(folder) == workdir_lib.CHECKPOINT_DIR
+                if os.path.basename(folder) in _CHECKPOINT_FOLDERS
+                and workdir_lib.DAMAGED_DIR not in folder.split(os.sep)
                 and complete_steps(folder))
+
+
+def progress(workdir: str) -> tuple[int, int]:
+  """How far a run has come: (the training's newest step, the newest step of its
+  other checkpoint folders, i.e. channel selection); -1 for none."""
+  steps = {folder: max(complete_steps(os.path.join(workdir, folder)))
+           for folder in checkpoint_folders(workdir)}
+  return (steps.pop(workdir_lib.CHECKPOINT_DIR, -1), max(steps.values(), default=-1))
 
 
 def park(workdir: str, destination: str) -> dict[str, int]:
@@ -61,7 +76,9 @@ def park(workdir: str, destination: str) -> dict[str, int]:
 
   Raises:
     errors.MissingInputError: `workdir` holds no complete checkpoint.
-    errors.UserError: a copied checkpoint is damaged (names it; nothing is replaced).
+    errors.UserError: the parked copy is further along (it is kept), or the copy
+      failed: a file went away (the run moved on) or a checkpoint is damaged (names
+      it; nothing is replaced).
   """
   if not checkpoint_folders(workdir):
     raise errors.MissingInputError(
@@ -70,16 +87,20 @@ def park(workdir: str, destination: str) -> dict[str, int]:
   partial, old = destination + '.partial', destination + '.old'
   for leftover in (partial, old):
     shutil.rmtree(leftover, ignore_errors=True)
-  shutil.copytree(workdir, partial, ignore=_ignored)
+  if os.path.isdir(destination) and progress(destination) > progress(workdir):
+    raise errors.UserError(
+        f'{destination} is further along ({progress(destination)}) than {workdir} '
+        f'({progress(workdir)}): it is kept. Run the row to resume from it.')
   try:
+    shutil.copytree(workdir, partial, ignore=_ignored)  # OSError if the run moves on.
     steps = {folder: checkpoints.verified_step(os.path.join(partial, folder))
              for folder in checkpoint_folders(partial)}
-  except errors.UserError as e:
-    shutil.rmtree(partial)
+  except (OSError, errors.UserError) as e:
+    shutil.rmtree(partial, ignore_errors=True)
     raise errors.UserError(
-        f'{workdir}: its copy failed the check ({e}), so nothing was parked. Run the row '
-        'again (it moves a damaged checkpoint aside and resumes from its newest intact '
-        'one), then park it.') from None
+        f'{workdir}: its copy failed ({e}), so nothing was parked. Park it again once the '
+        'run has stopped; if a checkpoint is damaged, run the row first (it moves a '
+        'damaged checkpoint aside and resumes from its newest intact one).') from None
   if os.path.exists(destination):
     os.replace(destination, old)
   os.replace(partial, destination)
@@ -87,15 +108,36 @@ def park(workdir: str, destination: str) -> dict[str, int]:
   return steps
 
 
-def restore(parked: str, workdir: str, init_from: str) -> None:
-  """Puts the parked copy at `workdir` (which must not exist), recording `init_from`
-  (this machine's path of the run the row starts from) in its config."""
+def config_for_machine(parked: str, machine: dict[str, str]) -> dict[str, Any]:
+  """The parked copy's config with this machine's values of the keys in `machine`
+  ('a.b': the path of the run the row starts from, data folders given by --override),
+  so that the resumed run's config equals its command's.
+
+  Raises:
+    ValueError: a key of `machine` differs and is not a text value of the config.
+  """
+  config = workdir_lib.read_json(os.path.join(parked, workdir_lib.CONFIG_FILE))
+  for key, value in machine.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node.get(parent, {}) if isinstance(node, dict) else {}
+    if str(node.get(leaf)) == value:
+      continue
+    if not isinstance(node.get(leaf), str):
+      raise ValueError(f'{parked}: config key {key} is not a text value; it differs from '
+                       f'this machine\'s {value!r}, so the copy is not resumed.')
+    node[leaf] = value
+  return config
+
+
+def restore(parked: str, workdir: str, config: dict[str, Any]) -> None:
+  """Puts the parked copy, with `config` (`config_for_machine`), at `workdir` (which
+  must not exist)."""
   unparking = workdir + '.unparking'
   shutil.rmtree(unparking, ignore_errors=True)
   shutil.copytree(parked, unparking)
-  if init_from:  # The start's path on the machine that parked it may differ.
-    path = os.path.join(unparking, workdir_lib.CONFIG_FILE)
-    workdir_lib.write_json(path, {**workdir_lib.read_json(path), 'init_from': init_from})
+  workdir_lib.write_json(os.path.join(unparking, workdir_lib.CONFIG_FILE), config)
   os.replace(unparking, workdir)
 
 

@@ -294,6 +294,7 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
   """
   rows, prior = {r.name: r for r in table.rows}, prior or {}
   failed, ran, done_status, statuses = {}, set(), {}, []
+  completed = set()  # Pairs whose own run is finished: their parked copies go.
 
   def start_seed(row: tables.Row, seed: int) -> int:
     return seed if seed < row_seeds(table, rows[row.start_from], seeds) else 0
@@ -339,6 +340,7 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     done = finished(workdir) and own
     if done and not outdated(row, seed, workdir_lib.read_json(
         os.path.join(workdir, workdir_lib.SUMMARY_FILE))):
+      completed.add((row.name, seed))
       return 'finished', keep(row, seed, workdir), workdir
     recorded = (bool(record) and same_config(row, record, overrides) and
                 not table_results.other_start_row(record.get('start'), row.start_from))
@@ -363,7 +365,8 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     if finished(workdir) or (
         os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)) and not own):
       move_aside(workdir)  # An unfinished run of this row's config resumes instead.
-    unpark(row, seed, workdir, dependency)
+    unpark(row, seed, workdir, {'init_from': dependency, **dict(
+        kv.split('=', 1) for kv in overrides), **({'model.widths': widths} if widths else {})})
     args = command(row, workdir, seed, dependency, overrides, widths)
     if dependency and not os.path.exists(start_path):  # Which run it starts from (a
       os.makedirs(workdir, exist_ok=True)  # resumed run has started from it already).
@@ -379,17 +382,32 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     if not ok:
       failed[(row.name, seed)] = detail
       return 'failed', detail, ''
+    completed.add((row.name, seed))
     return 'finished', keep(row, seed, workdir), workdir
 
-  def unpark(row: tables.Row, seed: int, workdir: str, dependency: str) -> None:
-    """Puts the row's parked copy in place of a workdir holding no checkpoint."""
+  def unpark(row: tables.Row, seed: int, workdir: str, machine: dict[str, str]) -> None:
+    """Puts the row's parked copy in place of a workdir not as far along (moved aside)
+    if the copy is this row's run from the same start run (`parking.restore`)."""
     parked = parking.parked_dir(results, preset, row.name, seed) if results else ''
-    if (not parked or not os.path.isdir(parked) or workdir_lib.has_checkpoints(workdir)
-        or not runs_row(row, parked, seed, overrides)):
+    if (not parked or not os.path.isdir(parked) or
+        parking.progress(parked) <= parking.progress(workdir) or
+        not runs_row(row, parked, seed, overrides)):
+      return
+    start = workdir_lib.read_record(os.path.join(parked, workdir_lib.START_FILE))
+    if start and machine['init_from'] and start.get('summary_digest') != (
+        table_results.summary_digest(workdir_lib.read_json(
+            os.path.join(machine['init_from'], workdir_lib.SUMMARY_FILE)))):
+      logging.warning('%s started from another run of row %s than %s: not resumed.',
+                      parked, row.start_from, machine['init_from'])
+      return
+    try:
+      config = parking.config_for_machine(parked, machine)
+    except ValueError as e:
+      logging.warning('%s', e)
       return
     if os.path.exists(workdir):
       move_aside(workdir)
-    parking.restore(parked, workdir, dependency)
+    parking.restore(parked, workdir, config)
     logging.info('%s seed %d: resumes from its parked copy %s.', row.name, seed, parked)
 
   def pending(row: tables.Row, seed: int) -> dict[str, Any]:
@@ -406,9 +424,9 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
     row = table.rows[index]
     status, detail, _ = ensure(row, seed, need_start=False)
     done_status[(row.name, seed)] = (status, detail, '')
-    if results and status in ('finished', 'recorded') and parking.discard(
+    if results and (row.name, seed) in completed and parking.discard(
         parking.parked_dir(results, preset, row.name, seed)):
-      logging.info('%s seed %d: done, so its parked copy is deleted.', row.name, seed)
+      logging.info('%s seed %d: finished, so its parked copy is deleted.', row.name, seed)
     statuses.append({'row': row.name, 'seed': seed, 'status': status, 'detail': detail,
                      'workdir': row_workdir(root, preset, row.name, seed)})
     if on_finished and (row.name, seed) in ran:
@@ -418,14 +436,16 @@ def run_table(table: tables.Table, preset: str, seeds: int, root: str,
 
 
 def park_unfinished(table: tables.Table, preset: str, seeds: int, root: str,
-                    results: str, only: Sequence[str] = ()) -> list[str]:
-  """Parks every unfinished (row, seed) pair holding a checkpoint (`parking.park`);
-  returns one line per pair that could not be parked."""
+                    results: str, only: Sequence[str] = (),
+                    overrides: Sequence[str] = ()) -> list[str]:
+  """Parks every unfinished run of a (row, seed) pair's config and start holding a
+  checkpoint (`parking.park`); returns one line per pair that could not be parked."""
   failures = []
   for row in (r for r in table.rows if not only or r.name in only):
     for seed in range(row_seeds(table, row, seeds)):
       workdir = row_workdir(root, preset, row.name, seed)
-      if finished(workdir) or not parking.checkpoint_folders(workdir):
+      if (finished(workdir) or not parking.checkpoint_folders(workdir) or
+          not runs_row(row, workdir, seed, overrides)):
         continue
       destination = parking.parked_dir(results, preset, row.name, seed)
       try:
@@ -461,7 +481,7 @@ def main(argv: list[str]) -> None:
   root = os.path.abspath(_ROOT.value)
   if _PARK.value:
     failures = park_unfinished(table, _PRESET.value, _SEEDS.value, root, _RESULTS.value,
-                               _ONLY.value)
+                               _ONLY.value, _OVERRIDE.value)
     if failures:
       sys.exit(f'{len(failures)} row(s) not parked: {failures}')
     return
