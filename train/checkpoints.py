@@ -340,6 +340,7 @@ def verified_step(directory: str) -> int:
   Raises:
     errors.UserError: it cannot be read, or an array differs (names the checkpoint).
   """
+  directory = os.path.abspath(directory)  # Orbax reads absolute paths only.
   manager = _read_only_manager(directory)
   try:
     step = manager.latest_step()

@@ -79,8 +79,10 @@ def tree_bytes(folder: str) -> dict[str, bytes]:
           for d, _, files in os.walk(folder) for f in files}
 
 
-def test_parking_never_replaces_a_copy_with_a_damaged_or_less_advanced_one(tmp_path):
-  root, results = str(tmp_path / 'runs'), str(tmp_path / 'results')
+def test_parking_never_replaces_a_copy_with_a_damaged_or_less_advanced_one(tmp_path,
+                                                                          monkeypatch):
+  monkeypatch.chdir(tmp_path)  # --results is relative by default.
+  root, results = str(tmp_path / 'runs'), 'results'
   table = tables.Table('parks', 'parks', '', (ROW,), ())
   workdir = reproduce.row_workdir(root, 'cpu', 'a', 0)
   destination = parking.parked_dir(results, 'cpu', 'a', 0)
